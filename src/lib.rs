@@ -1,0 +1,8 @@
+//! switchyard: an LLM inference edge gateway built on pingora.
+//!
+//! The crate is one binary (`switchyard`) and this library, which the binary,
+//! the integration tests and the benchmarks share. See `README.md` for the
+//! operator's view and `docs/` for the concepts.
+#![deny(unsafe_code)]
+
+pub mod sim;
