@@ -1,0 +1,167 @@
+//! `switchyard-bench`: measures what switchyard costs against the plain-proxy
+//! floor (nginx) and against no proxy at all, side by side in one invocation.
+//!
+//! - `switchyard-bench suite`: every scenario, full length (< 10 min on 2
+//!   cores); writes `benches/results/latest.json`, `BENCHMARKS.md` and SVG plots.
+//! - `switchyard-bench smoke`: every scenario for a fraction of a second, loose
+//!   bounds, non-zero exit on failure; for CI.
+//! - `switchyard-bench load URL …`: one ad-hoc run against any address.
+#![deny(unsafe_code)]
+
+/// Returns early with a formatted setup error.
+macro_rules! bail {
+    ($($t:tt)*) => {
+        return Err(format!($($t)*))
+    };
+}
+
+mod load;
+mod procs;
+mod report;
+mod scenarios;
+mod sse;
+mod stats;
+mod svg;
+mod targets;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+
+/// Setup failures are reported as text; the harness has no caller to match on them.
+pub type Result<T> = std::result::Result<T, String>;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard-bench",
+    about = "Side-by-side load harness: direct vs nginx vs switchyard"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct SuiteArgs {
+    /// The switchyard binary (default: `switchyard` next to this one).
+    #[arg(long)]
+    switchyard: Option<PathBuf>,
+    /// The nginx binary (default: `nginx` on PATH or /usr/sbin/nginx).
+    #[arg(long)]
+    nginx: Option<PathBuf>,
+    /// Do not pin the proxy and the load generator to separate CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where `latest.json` and the SVG plots go.
+    #[arg(long, default_value = "benches/results")]
+    out_dir: PathBuf,
+    /// The markdown report (suite only).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    markdown: PathBuf,
+    /// Run only these scenarios (numbers 1-7, comma separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u8>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The full suite (< 10 min on 2 cores); writes JSON, markdown and plots.
+    Suite(SuiteArgs),
+    /// A few seconds of every scenario with loose bounds, for CI.
+    Smoke(SuiteArgs),
+    /// One load run against ADDR (host:port), printed as JSON.
+    Load {
+        addr: String,
+        /// Open loop at this many requests per second (default: closed loop).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Connections (closed loop: the concurrency).
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Request an SSE stream of this many events.
+        #[arg(long)]
+        stream: Option<u32>,
+        /// Prompt bytes in the request body.
+        #[arg(long, default_value_t = 16)]
+        prompt_bytes: usize,
+        #[arg(long, default_value = "/v1/chat/completions")]
+        path: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Suite(args) => finish(scenarios::main(args_to_opts(args, false))),
+        Cmd::Smoke(args) => finish(scenarios::main(args_to_opts(args, true))),
+        Cmd::Load {
+            addr,
+            rate,
+            connections,
+            duration,
+            stream,
+            prompt_bytes,
+            path,
+        } => {
+            let Some(addr) = resolve(&addr) else {
+                eprintln!("cannot resolve {addr}");
+                return ExitCode::FAILURE;
+            };
+            let body = match stream {
+                Some(events) => scenarios::stream_body(events),
+                None => scenarios::chat_body(prompt_bytes),
+            };
+            let mut spec = load::LoadSpec::new(addr, Bytes::from(body));
+            spec.path = path;
+            spec.stream = stream.is_some();
+            spec.duration = duration;
+            spec.mode = match rate {
+                Some(rate) => load::Mode::Open { rate, connections },
+                None => load::Mode::Closed {
+                    concurrency: connections,
+                },
+            };
+            let rt = scenarios::runtime();
+            let mut report = rt.block_on(load::run(spec)).report(&addr.to_string());
+            report.offered_rps = rate;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("reports serialise")
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn resolve(addr: &str) -> Option<SocketAddr> {
+    let addr = addr.trim_start_matches("http://").trim_end_matches('/');
+    addr.to_socket_addrs().ok()?.next()
+}
+
+fn args_to_opts(a: SuiteArgs, smoke: bool) -> scenarios::Options {
+    scenarios::Options {
+        smoke,
+        switchyard: a.switchyard,
+        nginx: a.nginx,
+        pin: !a.no_pin,
+        out_dir: a.out_dir,
+        markdown: a.markdown,
+        only: a.only,
+    }
+}
+
+fn finish(r: Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
