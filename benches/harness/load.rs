@@ -108,7 +108,6 @@ async fn exchange(
     spec: &LoadSpec,
     rec: &mut Recorder,
 ) -> Result<Timing, &'static str> {
-    sender.ready().await.map_err(|_| "connection_closed")?;
     let sent = Instant::now();
     let resp = sender.send_request(spec.request()).await.map_err(|e| {
         if e.is_canceled() || e.is_incomplete_message() {
@@ -192,10 +191,18 @@ struct Conn {
 impl Conn {
     async fn send(&mut self, spec: &LoadSpec, rec: &mut Recorder) -> Result<Timing, &'static str> {
         let outcome = tokio::time::timeout(spec.request_timeout, async {
-            if self.sender.is_none() {
-                self.sender = Some(connect(self.addr).await.map_err(|_| "connect")?);
+            // A kept-alive connection the server closed while it was idle is
+            // replaced without charge, as any client would: nothing was sent.
+            let reusable = match self.sender.as_mut() {
+                Some(s) => s.ready().await.is_ok(),
+                None => false,
+            };
+            if !reusable {
+                let mut fresh = connect(self.addr).await.map_err(|_| "connect")?;
+                fresh.ready().await.map_err(|_| "connect")?;
+                self.sender = Some(fresh);
             }
-            let sender = self.sender.as_mut().expect("just connected");
+            let sender = self.sender.as_mut().expect("connected above");
             exchange(sender, spec, rec).await
         })
         .await

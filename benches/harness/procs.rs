@@ -167,11 +167,11 @@ impl Drop for Proc {
     }
 }
 
-/// The last lines of a log file, for error messages.
+/// The last non-empty lines of a log file, for error messages.
 pub fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(6)..].join(" | ")
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
 }
 
 /// Kernel clock ticks per second (`USER_HZ`), the unit of `/proc/PID/stat` times.

@@ -202,8 +202,9 @@ impl Results {
                 for (cell, name) in row.cells.iter().zip(["direct", "nginx", "switchyard"]) {
                     let nginx_absent = name == "nginx" && cell.text.contains("not installed");
                     let not_yet = cell.text.starts_with("not available");
-                    if !cell.available && !nginx_absent && !not_yet {
-                        out.push(format!("scenario {} {name}: {}", s.id, cell.text));
+                    let line = format!("scenario {} {name}: {}", s.id, cell.text);
+                    if !cell.available && !nginx_absent && !not_yet && !out.contains(&line) {
+                        out.push(line);
                     }
                 }
             }
