@@ -6,3 +6,6 @@
 #![deny(unsafe_code)]
 
 pub mod sim;
+pub mod config;
+pub mod metrics;
+pub mod routing;
