@@ -15,8 +15,7 @@ use parking_lot::Mutex;
 /// Upper bounds (seconds) of the latency buckets: from sub-millisecond proxy answers to long
 /// generations.
 const BOUNDS: [f64; 16] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// A fixed-bucket histogram of durations.
@@ -189,7 +188,10 @@ impl Metrics {
             "# HELP switchyard_rejected_requests_total Requests the gateway answered with an error itself, by code.\n# TYPE switchyard_rejected_requests_total counter"
         );
         for (code, n) in self.rejected.lock().iter() {
-            let _ = writeln!(out, "switchyard_rejected_requests_total{{code=\"{code}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "switchyard_rejected_requests_total{{code=\"{code}\"}} {n}"
+            );
         }
         for (name, kind, help, v) in [
             (

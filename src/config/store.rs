@@ -168,7 +168,9 @@ impl PolicyStore {
             inner.history.pop_front();
         }
         self.current.store(snapshot.clone());
-        self.metrics.policy_version.store(version, Ordering::Relaxed);
+        self.metrics
+            .policy_version
+            .store(version, Ordering::Relaxed);
         self.metrics.policy_swaps.fetch_add(1, Ordering::Relaxed);
         tracing::info!(version, %source, reason, "policy swapped in");
         Ok(Applied {
@@ -188,8 +190,11 @@ impl PolicyStore {
                 .iter()
                 .find(|e| e.version == v)
                 .ok_or_else(|| {
-                    let kept: Vec<String> =
-                        inner.history.iter().map(|e| e.version.to_string()).collect();
+                    let kept: Vec<String> = inner
+                        .history
+                        .iter()
+                        .map(|e| e.version.to_string())
+                        .collect();
                     RollbackError::UnknownVersion(v, kept.join(", "))
                 })?,
             None => inner
@@ -280,9 +285,15 @@ mod tests {
         let s = store();
         let before = s.current();
         let errs = s
-            .apply(&policy(0).replace("weight = 100", "weight = 90"), PolicySource::Api, "x")
+            .apply(
+                &policy(0).replace("weight = 100", "weight = 90"),
+                PolicySource::Api,
+                "x",
+            )
             .unwrap_err();
-        assert!(errs[0].to_string().starts_with("routes[0].arms: weights sum to 90"));
+        assert!(errs[0]
+            .to_string()
+            .starts_with("routes[0].arms: weights sum to 90"));
         assert!(Arc::ptr_eq(&before, &s.current()));
         assert_eq!(s.metrics().policy_rejected.load(Ordering::Relaxed), 1);
     }
@@ -290,8 +301,10 @@ mod tests {
     #[test]
     fn rollback_to_previous_and_to_a_version() {
         let s = store();
-        s.apply(&policy(10), PolicySource::Api, "canary 10").unwrap();
-        s.apply(&policy(50), PolicySource::Api, "canary 50").unwrap();
+        s.apply(&policy(10), PolicySource::Api, "canary 10")
+            .unwrap();
+        s.apply(&policy(50), PolicySource::Api, "canary 50")
+            .unwrap();
         let back = s.rollback(None).unwrap();
         assert_eq!(back.snapshot.version, 4);
         assert_eq!(back.snapshot.source, policy(10));
@@ -299,7 +312,10 @@ mod tests {
         assert_eq!(entry.source, PolicySource::Rollback);
         assert_eq!(entry.reason, "rollback to version 2");
         // history_limit = 3 keeps versions 2..=4; version 1 has aged out.
-        assert!(matches!(s.rollback(Some(1)), Err(RollbackError::UnknownVersion(1, _))));
+        assert!(matches!(
+            s.rollback(Some(1)),
+            Err(RollbackError::UnknownVersion(1, _))
+        ));
         let back = s.rollback(Some(3)).unwrap();
         assert_eq!(back.snapshot.source, policy(50));
         assert!(matches!(

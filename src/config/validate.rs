@@ -62,7 +62,10 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
     for (i, b) in raw.backends.iter().enumerate() {
         let path = format!("backends[{i}]");
         if backend_index.insert(b.name.as_str(), i).is_some() {
-            errors.push(format!("{path}.name"), format!("duplicate backend name `{}`", b.name));
+            errors.push(
+                format!("{path}.name"),
+                format!("duplicate backend name `{}`", b.name),
+            );
         }
         if let Some(spec) = validate_backend(&path, b, &mut errors) {
             backends.push(spec);
@@ -80,10 +83,16 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
         if r.name.is_empty() {
             errors.push(format!("{path}.name"), "must not be empty");
         } else if !route_names.insert(r.name.as_str()) {
-            errors.push(format!("{path}.name"), format!("duplicate route name `{}`", r.name));
+            errors.push(
+                format!("{path}.name"),
+                format!("duplicate route name `{}`", r.name),
+            );
         }
         if r.models.is_empty() {
-            errors.push(format!("{path}.models"), "must list at least one model name");
+            errors.push(
+                format!("{path}.models"),
+                "must list at least one model name",
+            );
         }
         for (j, m) in r.models.iter().enumerate() {
             if m.is_empty() {
@@ -113,7 +122,10 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
 
 fn socket_addr(path: &str, text: &str, errors: &mut Errors) -> SocketAddr {
     text.parse().unwrap_or_else(|_| {
-        errors.push(path, format!("`{text}` is not an address like 127.0.0.1:8080"));
+        errors.push(
+            path,
+            format!("`{text}` is not an address like 127.0.0.1:8080"),
+        );
         SocketAddr::from(([127, 0, 0, 1], 0))
     })
 }
@@ -149,7 +161,10 @@ fn validate_server(raw: &RawPolicy, errors: &mut Errors) -> ServerSettings {
     }
     if let Some(env) = &s.admin_token_env {
         if env.is_empty() || env.contains('=') {
-            errors.push("server.admin_token_env", "must name an environment variable");
+            errors.push(
+                "server.admin_token_env",
+                "must name an environment variable",
+            );
         }
     }
     let threads = positive("server.threads", s.threads, default_threads(), errors);
@@ -198,7 +213,10 @@ fn validate_backend(path: &str, b: &RawBackend, errors: &mut Errors) -> Option<B
             None
         }
         Ok(u) if u.path() != "/" || u.query().is_some() => {
-            errors.push(&url_path, "must be scheme://host:port with no path or query");
+            errors.push(
+                &url_path,
+                "must be scheme://host:port with no path or query",
+            );
             None
         }
         Ok(u) => match (u.host_str(), u.port_or_known_default()) {
@@ -233,7 +251,10 @@ fn validate_backend(path: &str, b: &RawBackend, errors: &mut Errors) -> Option<B
             ("output_per_mtok", p.output_per_mtok),
         ] {
             if !v.is_finite() || v < 0.0 {
-                errors.push(format!("{path}.price.{field}"), "must be a finite number ≥ 0");
+                errors.push(
+                    format!("{path}.price.{field}"),
+                    "must be a finite number ≥ 0",
+                );
             }
         }
     }
@@ -328,7 +349,10 @@ fn validate_route(
         if a.name.is_empty() {
             errors.push(format!("{apath}.name"), "must not be empty");
         } else if !arm_names.insert(a.name.as_str()) {
-            errors.push(format!("{apath}.name"), format!("duplicate arm name `{}`", a.name));
+            errors.push(
+                format!("{apath}.name"),
+                format!("duplicate arm name `{}`", a.name),
+            );
         }
         let bp = weight_bp(a.weight);
         if bp.is_none() {
@@ -342,7 +366,10 @@ fn validate_route(
         }
         total_bp += u64::from(bp.unwrap_or(0));
         if a.backends.is_empty() {
-            errors.push(format!("{apath}.backends"), "must list at least one backend");
+            errors.push(
+                format!("{apath}.backends"),
+                "must list at least one backend",
+            );
         }
         let mut seen = HashSet::new();
         let mut indexes = Vec::with_capacity(a.backends.len());
@@ -489,9 +516,15 @@ mod tests {
                 .replace("127.0.0.1:9090", "127.0.0.1:8080")
                 .replace("[server]", "[server]\nmax_body_bytes = 0"),
         );
-        assert!(errs.iter().any(|e| e.starts_with("server.admin_listen: must differ")));
-        assert!(errs.iter().any(|e| e == "server.max_body_bytes: must be greater than 0"));
-        assert!(errors_of("routes = []").iter().any(|e| e.starts_with("routes:")));
+        assert!(errs
+            .iter()
+            .any(|e| e.starts_with("server.admin_listen: must differ")));
+        assert!(errs
+            .iter()
+            .any(|e| e == "server.max_body_bytes: must be greater than 0"));
+        assert!(errors_of("routes = []")
+            .iter()
+            .any(|e| e.starts_with("routes:")));
     }
 
     #[test]

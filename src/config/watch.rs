@@ -24,33 +24,31 @@ pub struct PolicyFileWatcher {
 /// One poll: applies the file if its content differs from what was last seen on disk.
 /// Returns the hash now on disk (unchanged on a read error, so the read is retried).
 pub fn poll(path: &Path, store: &PolicyStore, last_seen: u64) -> u64 {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read the policy file; keeping the running policy");
-                return last_seen;
-            }
-        };
-        let hash = content_hash(&text);
-        if hash == last_seen {
-            return hash;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the policy file; keeping the running policy");
+            return last_seen;
         }
-        match store
-            .apply(&text, PolicySource::File, "policy file changed")
-        {
-            Ok(applied) if applied.unchanged => {}
-            Ok(applied) => tracing::info!(
-                version = applied.snapshot.version,
-                path = %path.display(),
-                "policy file reloaded"
-            ),
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!(path = %path.display(), "invalid policy, keeping the running one: {e}");
-                }
+    };
+    let hash = content_hash(&text);
+    if hash == last_seen {
+        return hash;
+    }
+    match store.apply(&text, PolicySource::File, "policy file changed") {
+        Ok(applied) if applied.unchanged => {}
+        Ok(applied) => tracing::info!(
+            version = applied.snapshot.version,
+            path = %path.display(),
+            "policy file reloaded"
+        ),
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!(path = %path.display(), "invalid policy, keeping the running one: {e}");
             }
         }
-        hash
+    }
+    hash
 }
 
 #[async_trait]

@@ -12,6 +12,8 @@ use std::ops::Range;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::RequestFacts;
+
 /// Buckets per route; weights are percentages with two decimals, so one bucket is 0.01 %.
 pub const BUCKETS: u32 = 10_000;
 
@@ -45,6 +47,28 @@ impl StickyKey {
                 )),
             },
         }
+    }
+}
+
+impl StickyKey {
+    /// The key's value in this request, if the request carries one. A sticky route whose
+    /// request lacks the key falls back to a random draw (and says so in no error: the request
+    /// is still served).
+    pub fn value<'a>(
+        &self,
+        headers: &'a http::HeaderMap,
+        facts: &'a RequestFacts,
+    ) -> Option<&'a [u8]> {
+        match self {
+            StickyKey::None => None,
+            StickyKey::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes()),
+            StickyKey::BodyUser => facts.user.as_deref().map(str::as_bytes),
+            StickyKey::ApiKey => headers
+                .get(http::header::AUTHORIZATION)
+                .or_else(|| headers.get("x-api-key"))
+                .map(|v| v.as_bytes()),
+        }
+        .filter(|v| !v.is_empty())
     }
 }
 
@@ -170,7 +194,11 @@ mod tests {
     #[test]
     fn weighted_draw_is_within_three_sigma() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-        for weights in [vec![9500, 500], vec![5000, 3000, 2000], vec![3333, 3333, 3334]] {
+        for weights in [
+            vec![9500, 500],
+            vec![5000, 3000, 2000],
+            vec![3333, 3333, 3334],
+        ] {
             let t = table(&weights);
             let n = 20_000;
             let mut counts = vec![0u32; weights.len()];
@@ -223,7 +251,10 @@ mod tests {
                 sticky_bucket("a", key.as_bytes()) != sticky_bucket("b", key.as_bytes())
             })
             .count();
-        assert!(moved > 990, "a new salt should move nearly every key, moved {moved}");
+        assert!(
+            moved > 990,
+            "a new salt should move nearly every key, moved {moved}"
+        );
     }
 
     /// Raising the canary moves exactly the keys of the added buckets, and only one way.

@@ -169,8 +169,8 @@ impl RequestFacts {
 pub fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, FactsError> {
     let mut members: indexmap::IndexMap<String, Box<serde_json::value::RawValue>> =
         serde_json::from_slice(body).map_err(|e| FactsError::Malformed(e.to_string()))?;
-    let value = serde_json::value::to_raw_value(model)
-        .map_err(|e| FactsError::Malformed(e.to_string()))?;
+    let value =
+        serde_json::value::to_raw_value(model).map_err(|e| FactsError::Malformed(e.to_string()))?;
     members.insert("model".to_owned(), value);
     serde_json::to_vec(&members).map_err(|e| FactsError::Malformed(e.to_string()))
 }
@@ -204,8 +204,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!((f.prompt_tokens_estimate, f.max_tokens), (3, Some(5)));
-        let f = RequestFacts::parse(Endpoint::Embeddings, br#"{"model":"m","input":[[1,2,3],[4]]}"#)
-            .unwrap();
+        let f = RequestFacts::parse(
+            Endpoint::Embeddings,
+            br#"{"model":"m","input":[[1,2,3],[4]]}"#,
+        )
+        .unwrap();
         assert_eq!(f.prompt_tokens_estimate, 4);
         assert!(!f.stream);
     }
