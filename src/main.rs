@@ -80,6 +80,9 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Run a simulated OpenAI-compatible model server (latency model, prefix KV cache, fault
+    /// injection) for demos, tests and benches.
+    Sim(switchyard::sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +125,10 @@ fn main() -> ExitCode {
             admin(&target, "POST", &path, None, true)
         }
         Command::History { target } => admin(&target, "GET", "/admin/config/history", None, false),
+        Command::Sim(args) => match switchyard::sim::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("sim: {e}")),
+        },
     }
 }
 
