@@ -5,4 +5,12 @@
 //! operator's view and `docs/` for the concepts.
 #![deny(unsafe_code)]
 
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod server;
 pub mod sim;

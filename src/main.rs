@@ -1,3 +1,267 @@
 #![deny(unsafe_code)]
+//! The `switchyard` command: run the gateway, check a policy, run a simulated model server, and
+//! drive a running gateway's admin API.
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pingora::server::RunArgs;
+use switchyard::client;
+use switchyard::config::parse_policy;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "An LLM inference edge gateway on pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// Base URL of the gateway's admin listener.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    admin: String,
+    /// Environment variable that holds the admin bearer token.
+    #[arg(long, default_value = "SWITCHYARD_ADMIN_TOKEN")]
+    token_env: String,
+}
+
+impl AdminTarget {
+    fn token(&self) -> Option<String> {
+        std::env::var(&self.token_env)
+            .ok()
+            .filter(|t| !t.is_empty())
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a policy file; the file is watched and reloaded when it changes.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// How often to check the policy file for changes, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        watch_interval_ms: u64,
+    },
+    /// Validate a policy file: print every error (exit 1) or a summary (exit 0).
+    Check { file: PathBuf },
+    /// Show the running policy's version and where it came from.
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Push a policy file to a running gateway (validated there, then swapped in atomically).
+    Push {
+        file: PathBuf,
+        /// Why: recorded in the policy history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Roll back to the previous policy version, or to VERSION.
+    Rollback {
+        version: Option<u64>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List the kept policy versions, newest first.
+    History {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Run a simulated OpenAI-compatible model server (latency model, prefix KV cache, fault
+    /// injection) for demos, tests and benches.
+    Sim(switchyard::sim::SimArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            config,
+            watch_interval_ms,
+        } => serve(config, watch_interval_ms),
+        Command::Check { file } => check(&file),
+        Command::Status { target } => status(&target),
+        Command::Push {
+            file,
+            reason,
+            target,
+        } => match std::fs::read(&file) {
+            Ok(body) => {
+                let path = match reason {
+                    Some(r) => format!(
+                        "/admin/config?reason={}",
+                        url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
+                    ),
+                    None => "/admin/config".to_owned(),
+                };
+                admin(&target, "PUT", &path, Some(&body), true)
+            }
+            Err(e) => fail(&format!("cannot read {}: {e}", file.display())),
+        },
+        Command::Rollback { version, target } => {
+            let path = match version {
+                Some(v) => format!("/admin/rollback?to={v}"),
+                None => "/admin/rollback".to_owned(),
+            };
+            admin(&target, "POST", &path, None, true)
+        }
+        Command::History { target } => admin(&target, "GET", "/admin/config/history", None, false),
+        Command::Sim(args) => match switchyard::sim::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("sim: {e}")),
+        },
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("switchyard: {message}");
+    ExitCode::FAILURE
+}
+
+fn serve(config: PathBuf, watch_interval_ms: u64) -> ExitCode {
+    let text = match std::fs::read_to_string(&config) {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("cannot read {}: {e}", config.display())),
+    };
+    let store = match switchyard::server::new_store(&text) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{}: {e}", config.display());
+            }
+            return fail("the policy is invalid; nothing was started");
+        }
+    };
+    let settings = store.current().policy.server.clone();
+    tracing::info!(listen = %settings.listen, admin = %settings.admin_listen, policy = %config.display(), "switchyard starting");
+    let server = switchyard::server::build(
+        store,
+        Some(config),
+        std::time::Duration::from_millis(watch_interval_ms.max(50)),
+    );
+    server.run(RunArgs::default());
+    ExitCode::SUCCESS
+}
+
+fn check(file: &PathBuf) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("cannot read {}: {e}", file.display())),
+    };
+    match parse_policy(&text) {
+        Err(errors) => {
+            for e in &errors {
+                println!("{}: {e}", file.display());
+            }
+            println!("{} error(s); the policy is invalid", errors.len());
+            ExitCode::FAILURE
+        }
+        Ok(policy) => {
+            println!(
+                "{}: ok — {} backend(s), {} route(s); proxy {}, admin {}",
+                file.display(),
+                policy.backends.len(),
+                policy.routes.len(),
+                policy.server.listen,
+                policy.server.admin_listen
+            );
+            for route in &policy.routes {
+                println!(
+                    "  route {} (models: {}; sticky: {})",
+                    route.name,
+                    route.models.join(", "),
+                    route.sticky
+                );
+                for arm in route.arms.arms() {
+                    let backends: Vec<&str> = arm
+                        .backends
+                        .iter()
+                        .map(|&b| policy.backends[b].name.as_str())
+                        .collect();
+                    println!(
+                        "    arm {:<12} {:>6.2}%  → {}",
+                        arm.name,
+                        f64::from(arm.weight_bp) / 100.0,
+                        backends.join(", ")
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Prints the live version's entry of the history.
+fn status(target: &AdminTarget) -> ExitCode {
+    match client::call(&target.admin, "GET", "/admin/config/history", None, b"") {
+        Ok(reply) if reply.status == 200 => {
+            let live = serde_json::from_str::<serde_json::Value>(&reply.body)
+                .ok()
+                .and_then(|v| v["versions"].get(0).cloned());
+            match live {
+                Some(entry) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&entry).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                None => fail("the admin API answered without a live version"),
+            }
+        }
+        Ok(reply) => fail(&client::pretty(&reply.body)),
+        Err(e) => fail(&e),
+    }
+}
+
+fn admin(
+    target: &AdminTarget,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    mutating: bool,
+) -> ExitCode {
+    let token = target.token();
+    if mutating && token.is_none() {
+        return fail(&format!(
+            "set {} to the admin token first",
+            target.token_env
+        ));
+    }
+    match client::call(
+        &target.admin,
+        method,
+        path,
+        token.as_deref(),
+        body.unwrap_or_default(),
+    ) {
+        Ok(reply) => {
+            println!("{}", client::pretty(&reply.body));
+            if (200..300).contains(&reply.status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}

@@ -1,0 +1,82 @@
+//! The validated policy: every reference resolved, every number in range. Built only by
+//! [`super::validate`]; immutable afterwards. Runtime state (in-flight counters, the version)
+//! is added by [`super::PolicySnapshot`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::routing::{ArmTable, StickyKey};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_HISTORY_LIMIT: u64 = 50;
+pub const DEFAULT_MAX_INFLIGHT: u64 = 256;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Prefill of a long prompt on a busy GPU can take tens of seconds before the first byte.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_TOTAL_TIMEOUT_MS: u64 = 600_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub server: ServerSettings,
+    pub backends: Vec<BackendSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+/// Settings of the process itself. `listen`, `admin_listen` and `threads` are bound at start-up;
+/// a hot swap that changes them is refused (see `validate::check_swap`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token_env: Option<String>,
+    pub max_body_bytes: usize,
+    pub threads: usize,
+    pub history_limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendSpec {
+    pub name: String,
+    /// The URL as written, for display.
+    pub url: String,
+    pub addr: SocketAddr,
+    /// `host[:port]` from the URL, sent as the upstream `Host` header.
+    pub authority: String,
+    /// When set, the request's `model` is rewritten to this before it goes upstream.
+    pub upstream_model: Option<String>,
+    pub tier: Option<String>,
+    pub price: Option<Price>,
+    pub max_inflight: u32,
+    pub timeouts: BackendTimeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+/// Per-backend deadlines of one upstream exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// From the request sent to the response header received.
+    pub first_byte: Duration,
+    /// Longest silence between two reads of the response body.
+    pub idle: Duration,
+    /// The whole exchange, streaming included.
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    pub name: String,
+    pub models: Vec<String>,
+    pub sticky: StickyKey,
+    pub salt: String,
+    pub arms: ArmTable,
+}

@@ -1,0 +1,75 @@
+//! The policy file as written: TOML deserialised with `deny_unknown_fields`, nothing checked yet.
+//!
+//! Every field here is part of the contract operators and their tooling rely on (see the
+//! README's policy reference). Values are optional where a default exists; `validate` turns this
+//! into a [`super::Policy`] or a list of every problem found, each naming its field path.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub admin_token_env: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    /// Worker threads of the proxy service (pingora runtime threads).
+    pub threads: Option<u64>,
+    /// How many accepted policy versions the history keeps for rollback.
+    pub history_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    pub url: String,
+    pub model: Option<String>,
+    pub tier: Option<String>,
+    pub price: Option<RawPrice>,
+    pub max_inflight: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub first_byte_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub total_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub sticky: Option<String>,
+    /// Bucketing salt; defaults to the route's name so buckets survive unrelated edits.
+    pub salt: Option<String>,
+    #[serde(default)]
+    pub arms: Vec<RawArm>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArm {
+    pub name: String,
+    #[serde(default)]
+    pub backends: Vec<String>,
+    pub weight: f64,
+}

@@ -1,0 +1,149 @@
+//! `PolicySnapshot`: one immutable, versioned policy plus the runtime handles its requests use
+//! (in-flight counters per backend, metrics per arm). A request pins one snapshot for its whole
+//! life, so a swap never splits a request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::policy::{Policy, RouteSpec};
+use crate::metrics::{ArmStats, Metrics};
+
+/// Requests in flight to one backend. Shared by every snapshot that names the same backend
+/// (same name and address), so load-aware choice sees requests begun under older versions.
+#[derive(Debug, Default)]
+pub struct BackendLoad {
+    in_flight: AtomicU32,
+}
+
+impl BackendLoad {
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request against the backend until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.clone())
+    }
+}
+
+/// Holds one unit of a backend's in-flight count.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<BackendLoad>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps one [`BackendLoad`] per live backend identity across snapshots.
+#[derive(Default)]
+pub struct LoadRegistry {
+    loads: Mutex<HashMap<(String, SocketAddr), Weak<BackendLoad>>>,
+}
+
+impl LoadRegistry {
+    fn get(&self, name: &str, addr: SocketAddr) -> Arc<BackendLoad> {
+        let mut loads = self.loads.lock();
+        loads.retain(|_, w| w.strong_count() > 0);
+        let slot = loads.entry((name.to_owned(), addr)).or_default();
+        match slot.upgrade() {
+            Some(load) => load,
+            None => {
+                let load = Arc::new(BackendLoad::default());
+                *slot = Arc::downgrade(&load);
+                load
+            }
+        }
+    }
+}
+
+/// The running policy: validated content, version, and runtime handles.
+pub struct PolicySnapshot {
+    pub version: u64,
+    pub policy: Policy,
+    /// The TOML it was built from, as given (shown by `GET /admin/config`, replayed by rollback).
+    pub source: String,
+    pub content_hash: u64,
+    /// Parallel to `policy.backends`.
+    pub loads: Vec<Arc<BackendLoad>>,
+    /// Parallel to `policy.routes`, then to each route's arms.
+    pub arm_stats: Vec<Vec<Arc<ArmStats>>>,
+    model_index: HashMap<String, usize>,
+}
+
+impl PolicySnapshot {
+    pub(super) fn build(
+        version: u64,
+        policy: Policy,
+        source: String,
+        loads: &LoadRegistry,
+        metrics: &Metrics,
+    ) -> PolicySnapshot {
+        let model_index = policy
+            .routes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.models.iter().map(move |m| (m.clone(), i)))
+            .collect();
+        let backend_loads = policy
+            .backends
+            .iter()
+            .map(|b| loads.get(&b.name, b.addr))
+            .collect();
+        let arm_stats = policy
+            .routes
+            .iter()
+            .map(|r| {
+                r.arms
+                    .arms()
+                    .iter()
+                    .map(|a| metrics.arm(&r.name, &a.name))
+                    .collect()
+            })
+            .collect();
+        PolicySnapshot {
+            version,
+            content_hash: content_hash(&source),
+            policy,
+            source,
+            loads: backend_loads,
+            arm_stats,
+            model_index,
+        }
+    }
+
+    /// The route serving `model` and its index.
+    pub fn route_for_model(&self, model: &str) -> Option<(usize, &RouteSpec)> {
+        self.model_index
+            .get(model)
+            .map(|&i| (i, &self.policy.routes[i]))
+    }
+
+    /// Every model name some route serves, in policy order.
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.policy
+            .routes
+            .iter()
+            .flat_map(|r| r.models.iter().map(String::as_str))
+    }
+}
+
+impl std::fmt::Debug for PolicySnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySnapshot")
+            .field("version", &self.version)
+            .field("content_hash", &format_args!("{:016x}", self.content_hash))
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn content_hash(text: &str) -> u64 {
+    xxh3_64(text.as_bytes())
+}

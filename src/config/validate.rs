@@ -1,0 +1,550 @@
+//! Raw policy → validated [`Policy`], collecting every problem with its field path
+//! (`routes[2].arms[1].weight: must be between 0 and 100`) rather than stopping at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use super::policy::*;
+use super::raw::{RawBackend, RawPolicy, RawRoute};
+use crate::routing::{ArmTable, StickyKey, BUCKETS};
+
+/// One problem in a policy, at a field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Parses and validates a policy from its TOML text.
+pub fn parse_policy(text: &str) -> Result<Policy, Vec<FieldError>> {
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| vec![toml_error(&e)])?;
+    validate(&raw)
+}
+
+fn toml_error(e: &toml::de::Error) -> FieldError {
+    let path = match e.span() {
+        Some(span) => format!("toml (byte {})", span.start),
+        None => "toml".to_owned(),
+    };
+    FieldError {
+        path,
+        message: e.message().to_owned(),
+    }
+}
+
+/// Checks every field and cross-reference of `raw`.
+pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let server = validate_server(raw, &mut errors);
+
+    let mut backend_index = HashMap::new();
+    let mut backends = Vec::with_capacity(raw.backends.len());
+    for (i, b) in raw.backends.iter().enumerate() {
+        let path = format!("backends[{i}]");
+        if backend_index.insert(b.name.as_str(), i).is_some() {
+            errors.push(
+                format!("{path}.name"),
+                format!("duplicate backend name `{}`", b.name),
+            );
+        }
+        if let Some(spec) = validate_backend(&path, b, &mut errors) {
+            backends.push(spec);
+        }
+    }
+
+    if raw.routes.is_empty() {
+        errors.push("routes", "at least one route is required");
+    }
+    let mut route_names = HashSet::new();
+    let mut served_by: HashMap<&str, &str> = HashMap::new();
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if r.name.is_empty() {
+            errors.push(format!("{path}.name"), "must not be empty");
+        } else if !route_names.insert(r.name.as_str()) {
+            errors.push(
+                format!("{path}.name"),
+                format!("duplicate route name `{}`", r.name),
+            );
+        }
+        if r.models.is_empty() {
+            errors.push(
+                format!("{path}.models"),
+                "must list at least one model name",
+            );
+        }
+        for (j, m) in r.models.iter().enumerate() {
+            if m.is_empty() {
+                errors.push(format!("{path}.models[{j}]"), "must not be empty");
+            } else if let Some(other) = served_by.insert(m, &r.name) {
+                errors.push(
+                    format!("{path}.models[{j}]"),
+                    format!("model `{m}` is already served by route `{other}`"),
+                );
+            }
+        }
+        if let Some(route) = validate_route(&path, r, &backend_index, &mut errors) {
+            routes.push(route);
+        }
+    }
+
+    if errors.0.is_empty() {
+        Ok(Policy {
+            server,
+            backends,
+            routes,
+        })
+    } else {
+        Err(errors.0)
+    }
+}
+
+fn socket_addr(path: &str, text: &str, errors: &mut Errors) -> SocketAddr {
+    text.parse().unwrap_or_else(|_| {
+        errors.push(
+            path,
+            format!("`{text}` is not an address like 127.0.0.1:8080"),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+fn positive(path: &str, value: Option<u64>, default: u64, errors: &mut Errors) -> u64 {
+    match value {
+        Some(0) => {
+            errors.push(path, "must be greater than 0");
+            default
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
+
+fn validate_server(raw: &RawPolicy, errors: &mut Errors) -> ServerSettings {
+    let s = &raw.server;
+    let listen = socket_addr(
+        "server.listen",
+        s.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+        errors,
+    );
+    let admin_listen = socket_addr(
+        "server.admin_listen",
+        s.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+        errors,
+    );
+    if listen == admin_listen {
+        errors.push(
+            "server.admin_listen",
+            "must differ from server.listen: the admin API never shares the proxy's socket",
+        );
+    }
+    if let Some(env) = &s.admin_token_env {
+        if env.is_empty() || env.contains('=') {
+            errors.push(
+                "server.admin_token_env",
+                "must name an environment variable",
+            );
+        }
+    }
+    let threads = positive("server.threads", s.threads, default_threads(), errors);
+    if threads > 256 {
+        errors.push("server.threads", "must be at most 256");
+    }
+    ServerSettings {
+        listen,
+        admin_listen,
+        admin_token_env: s.admin_token_env.clone(),
+        max_body_bytes: positive(
+            "server.max_body_bytes",
+            s.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES,
+            errors,
+        ) as usize,
+        threads: threads as usize,
+        history_limit: positive(
+            "server.history_limit",
+            s.history_limit,
+            DEFAULT_HISTORY_LIMIT,
+            errors,
+        ) as usize,
+    }
+}
+
+fn default_threads() -> u64 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u64)
+}
+
+fn validate_backend(path: &str, b: &RawBackend, errors: &mut Errors) -> Option<BackendSpec> {
+    if b.name.is_empty() {
+        errors.push(format!("{path}.name"), "must not be empty");
+    }
+    let url_path = format!("{path}.url");
+    let target = match url::Url::parse(&b.url) {
+        Err(e) => {
+            errors.push(&url_path, format!("`{}` is not a URL: {e}", b.url));
+            None
+        }
+        Ok(u) if u.scheme() != "http" => {
+            errors.push(
+                &url_path,
+                format!("scheme `{}` is not supported; use http://", u.scheme()),
+            );
+            None
+        }
+        Ok(u) if u.path() != "/" || u.query().is_some() => {
+            errors.push(
+                &url_path,
+                "must be scheme://host:port with no path or query",
+            );
+            None
+        }
+        Ok(u) => match (u.host_str(), u.port_or_known_default()) {
+            (Some(host), Some(port)) => {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+                    Ok(Some(addr)) => {
+                        let authority = match u.port() {
+                            Some(p) => format!("{}:{p}", u.host_str().unwrap_or(host)),
+                            None => u.host_str().unwrap_or(host).to_owned(),
+                        };
+                        Some((addr, authority))
+                    }
+                    _ => {
+                        errors.push(&url_path, format!("host `{host}` does not resolve"));
+                        None
+                    }
+                }
+            }
+            _ => {
+                errors.push(&url_path, "must include a host");
+                None
+            }
+        },
+    };
+    if matches!(&b.model, Some(m) if m.is_empty()) {
+        errors.push(format!("{path}.model"), "must not be empty when given");
+    }
+    if let Some(p) = &b.price {
+        for (field, v) in [
+            ("input_per_mtok", p.input_per_mtok),
+            ("output_per_mtok", p.output_per_mtok),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                errors.push(
+                    format!("{path}.price.{field}"),
+                    "must be a finite number ≥ 0",
+                );
+            }
+        }
+    }
+    let max_inflight = positive(
+        &format!("{path}.max_inflight"),
+        b.max_inflight,
+        DEFAULT_MAX_INFLIGHT,
+        errors,
+    );
+    if max_inflight > u64::from(u32::MAX) {
+        errors.push(format!("{path}.max_inflight"), "is too large");
+    }
+    let ms = |field: &str, v: Option<u64>, default: u64, errors: &mut Errors| {
+        Duration::from_millis(positive(&format!("{path}.{field}"), v, default, errors))
+    };
+    let timeouts = BackendTimeouts {
+        connect: ms(
+            "connect_timeout_ms",
+            b.connect_timeout_ms,
+            DEFAULT_CONNECT_TIMEOUT_MS,
+            errors,
+        ),
+        first_byte: ms(
+            "first_byte_timeout_ms",
+            b.first_byte_timeout_ms,
+            DEFAULT_FIRST_BYTE_TIMEOUT_MS,
+            errors,
+        ),
+        idle: ms(
+            "idle_timeout_ms",
+            b.idle_timeout_ms,
+            DEFAULT_IDLE_TIMEOUT_MS,
+            errors,
+        ),
+        total: ms(
+            "total_timeout_ms",
+            b.total_timeout_ms,
+            DEFAULT_TOTAL_TIMEOUT_MS,
+            errors,
+        ),
+    };
+    let (addr, authority) = target?;
+    Some(BackendSpec {
+        name: b.name.clone(),
+        url: b.url.clone(),
+        addr,
+        authority,
+        upstream_model: b.model.clone(),
+        tier: b.tier.clone(),
+        price: b.price.as_ref().map(|p| Price {
+            input_per_mtok: p.input_per_mtok,
+            output_per_mtok: p.output_per_mtok,
+        }),
+        max_inflight: max_inflight.min(u64::from(u32::MAX)) as u32,
+        timeouts,
+    })
+}
+
+/// Weight in percent with at most two decimals → basis points.
+fn weight_bp(w: f64) -> Option<u32> {
+    if !w.is_finite() || !(0.0..=100.0).contains(&w) {
+        return None;
+    }
+    let bp = (w * 100.0).round();
+    ((w * 100.0 - bp).abs() < 1e-6).then_some(bp as u32)
+}
+
+fn validate_route(
+    path: &str,
+    r: &RawRoute,
+    backend_index: &HashMap<&str, usize>,
+    errors: &mut Errors,
+) -> Option<RouteSpec> {
+    let sticky = match StickyKey::parse(r.sticky.as_deref().unwrap_or("none")) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errors.push(format!("{path}.sticky"), e);
+            None
+        }
+    };
+    if matches!(&r.salt, Some(s) if s.is_empty()) {
+        errors.push(format!("{path}.salt"), "must not be empty when given");
+    }
+    if r.arms.is_empty() {
+        errors.push(format!("{path}.arms"), "at least one arm is required");
+    }
+    let mut arm_names = HashSet::new();
+    let mut arms = Vec::with_capacity(r.arms.len());
+    let mut total_bp: u64 = 0;
+    for (j, a) in r.arms.iter().enumerate() {
+        let apath = format!("{path}.arms[{j}]");
+        if a.name.is_empty() {
+            errors.push(format!("{apath}.name"), "must not be empty");
+        } else if !arm_names.insert(a.name.as_str()) {
+            errors.push(
+                format!("{apath}.name"),
+                format!("duplicate arm name `{}`", a.name),
+            );
+        }
+        let bp = weight_bp(a.weight);
+        if bp.is_none() {
+            errors.push(
+                format!("{apath}.weight"),
+                format!(
+                    "{} must be a percentage between 0 and 100 with at most two decimals",
+                    a.weight
+                ),
+            );
+        }
+        total_bp += u64::from(bp.unwrap_or(0));
+        if a.backends.is_empty() {
+            errors.push(
+                format!("{apath}.backends"),
+                "must list at least one backend",
+            );
+        }
+        let mut seen = HashSet::new();
+        let mut indexes = Vec::with_capacity(a.backends.len());
+        for (k, name) in a.backends.iter().enumerate() {
+            match backend_index.get(name.as_str()) {
+                Some(&i) if seen.insert(i) => indexes.push(i),
+                Some(_) => errors.push(
+                    format!("{apath}.backends[{k}]"),
+                    format!("backend `{name}` is listed twice"),
+                ),
+                None => errors.push(
+                    format!("{apath}.backends[{k}]"),
+                    format!("unknown backend `{name}`"),
+                ),
+            }
+        }
+        arms.push((a.name.clone(), indexes, bp.unwrap_or(0)));
+    }
+    if !r.arms.is_empty() && total_bp != u64::from(BUCKETS) {
+        errors.push(
+            format!("{path}.arms"),
+            format!(
+                "weights sum to {}, they must sum to 100",
+                total_bp as f64 / 100.0
+            ),
+        );
+    }
+    Some(RouteSpec {
+        name: r.name.clone(),
+        models: r.models.clone(),
+        sticky: sticky?,
+        salt: r.salt.clone().unwrap_or_else(|| r.name.clone()),
+        arms: ArmTable::new(arms),
+    })
+}
+
+/// A running process cannot move its sockets or threads: a new policy that changes them is
+/// refused rather than half-applied.
+pub fn check_swap(running: &ServerSettings, next: &ServerSettings) -> Result<(), Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let restart = "cannot change while running; restart switchyard to apply it";
+    if running.listen != next.listen {
+        errors.push("server.listen", restart);
+    }
+    if running.admin_listen != next.admin_listen {
+        errors.push("server.admin_listen", restart);
+    }
+    if running.threads != next.threads {
+        errors.push("server.threads", restart);
+    }
+    if errors.0.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        admin_listen = "127.0.0.1:9090"
+        [[backends]]
+        name = "a"
+        url = "http://127.0.0.1:9101"
+        model = "m-internal"
+        [[backends]]
+        name = "b"
+        url = "http://localhost:9102"
+        [[routes]]
+        name = "chat"
+        models = ["m"]
+        sticky = "header:x-user-id"
+          [[routes.arms]]
+          name = "champion"
+          backends = ["a"]
+          weight = 94.75
+          [[routes.arms]]
+          name = "canary"
+          backends = ["b", "a"]
+          weight = 5.25
+    "#;
+
+    #[test]
+    fn good_policy_validates() {
+        let p = parse_policy(GOOD).expect("valid");
+        assert_eq!(p.backends.len(), 2);
+        assert_eq!(p.backends[1].authority, "localhost:9102");
+        let arms = p.routes[0].arms.arms();
+        assert_eq!(arms[0].buckets, 0..9475);
+        assert_eq!(arms[1].backends, vec![1, 0]);
+        assert_eq!(p.routes[0].salt, "chat");
+        assert_eq!(p.server.max_body_bytes, 8 * 1024 * 1024);
+    }
+
+    fn errors_of(text: &str) -> Vec<String> {
+        parse_policy(text)
+            .expect_err("must be rejected")
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_error_is_collected_with_its_path() {
+        let bad = GOOD
+            .replace("weight = 5.25", "weight = 5.251")
+            .replace(r#"backends = ["b", "a"]"#, r#"backends = ["b", "zz"]"#)
+            .replace("http://localhost:9102", "ftp://localhost:9102")
+            .replace(r#"name = "b""#, r#"name = "a""#)
+            .replace("header:x-user-id", "cookie");
+        let errs = errors_of(&bad);
+        let expect = [
+            "backends[1].name: duplicate backend name `a`",
+            "backends[1].url: scheme `ftp` is not supported",
+            "routes[0].sticky: `cookie` is not one of",
+            "routes[0].arms[1].weight: 5.251 must be a percentage",
+            "routes[0].arms[1].backends[0]: unknown backend `b`",
+            "routes[0].arms[1].backends[1]: unknown backend `zz`",
+            "routes[0].arms: weights sum to 94.75, they must sum to 100",
+        ];
+        for e in expect {
+            assert!(
+                errs.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_syntax_are_rejected() {
+        let errs = errors_of(&GOOD.replace("sticky =", "stiky ="));
+        assert!(errs[0].contains("unknown field `stiky`"), "{errs:?}");
+        assert!(errors_of("[[routes]\n").len() == 1);
+    }
+
+    #[test]
+    fn limits_and_sockets() {
+        let errs = errors_of(
+            &GOOD
+                .replace("127.0.0.1:9090", "127.0.0.1:8080")
+                .replace("[server]", "[server]\nmax_body_bytes = 0"),
+        );
+        assert!(errs
+            .iter()
+            .any(|e| e.starts_with("server.admin_listen: must differ")));
+        assert!(errs
+            .iter()
+            .any(|e| e == "server.max_body_bytes: must be greater than 0"));
+        assert!(errors_of("routes = []")
+            .iter()
+            .any(|e| e.starts_with("routes:")));
+    }
+
+    #[test]
+    fn duplicate_models_across_routes() {
+        let text = format!(
+            "{GOOD}\n[[routes]]\nname = \"other\"\nmodels = [\"m\"]\n[[routes.arms]]\nname = \"x\"\nbackends = [\"a\"]\nweight = 100\n"
+        );
+        assert!(errors_of(&text)
+            .iter()
+            .any(|e| e == "routes[1].models[0]: model `m` is already served by route `chat`"));
+    }
+
+    #[test]
+    fn swap_refuses_socket_changes() {
+        let a = parse_policy(GOOD).unwrap().server;
+        let mut b = a.clone();
+        b.listen = "127.0.0.1:1".parse().unwrap();
+        b.max_body_bytes = 1;
+        let errs = check_swap(&a, &b).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "server.listen");
+    }
+}

@@ -1,0 +1,107 @@
+//! `GatewayError`: every way the gateway itself answers a request with an error, mapped once to
+//! an HTTP status and the OpenAI error shape `{"error": {"message", "type", "code"}}`.
+
+use bytes::Bytes;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("We could not parse the JSON body of your request: {0}")]
+    InvalidJson(String),
+    #[error("You must provide a model parameter.")]
+    MissingModel,
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    UnknownModel(String),
+    #[error("Invalid URL ({method} {path}).")]
+    UnknownPath { method: String, path: String },
+    #[error("Method {method} is not allowed on {path}.")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("The request body exceeds the limit of {limit} bytes.")]
+    BodyTooLarge { limit: usize },
+    #[error("The request body was not received completely: {0}")]
+    BodyRead(String),
+    #[error("The request body was not received within {0} seconds.")]
+    BodyTimeout(u64),
+    #[error("No backend of route `{route}` arm `{arm}` could be reached.")]
+    BackendsUnavailable { route: String, arm: String },
+    #[error("Every backend of route `{route}` arm `{arm}` is at its in-flight limit.")]
+    BackendsSaturated { route: String, arm: String },
+    #[error("The backend did not answer in time ({0}).")]
+    UpstreamTimeout(String),
+    #[error("The backend failed: {0}")]
+    UpstreamFailed(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::InvalidJson(_)
+            | GatewayError::MissingModel
+            | GatewayError::BodyRead(_) => 400,
+            GatewayError::UnknownModel(_) | GatewayError::UnknownPath { .. } => 404,
+            GatewayError::MethodNotAllowed { .. } => 405,
+            GatewayError::BodyTimeout(_) => 408,
+            GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::UpstreamFailed(_) => 502,
+            GatewayError::BackendsUnavailable { .. } | GatewayError::BackendsSaturated { .. } => {
+                503
+            }
+            GatewayError::UpstreamTimeout(_) => 504,
+        }
+    }
+
+    /// The stable machine-readable code clients and dashboards key on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidJson(_) => "invalid_json",
+            GatewayError::MissingModel => "missing_model",
+            GatewayError::UnknownModel(_) => "model_not_found",
+            GatewayError::UnknownPath { .. } => "unknown_url",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::BodyTooLarge { .. } => "request_too_large",
+            GatewayError::BodyRead(_) => "incomplete_body",
+            GatewayError::BodyTimeout(_) => "body_timeout",
+            GatewayError::BackendsUnavailable { .. } => "backends_unavailable",
+            GatewayError::BackendsSaturated { .. } => "backends_saturated",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::UpstreamFailed(_) => "upstream_error",
+        }
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        if self.status() >= 500 {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        }
+    }
+
+    /// The JSON body sent to the client.
+    pub fn body(&self) -> Bytes {
+        openai_error_body(&self.to_string(), self.error_type(), self.code())
+    }
+}
+
+/// `{"error": {"message": .., "type": .., "code": ..}}`.
+pub fn openai_error_body(message: &str, error_type: &str, code: &str) -> Bytes {
+    let v = serde_json::json!({"error": {"message": message, "type": error_type, "code": code}});
+    Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape() {
+        let e = GatewayError::UnknownModel("gpt-9".into());
+        assert_eq!(e.status(), 404);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-9"));
+        assert_eq!(
+            GatewayError::UpstreamTimeout("x".into()).error_type(),
+            "server_error"
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! Counters and histograms per route and arm, rendered in the Prometheus text format.
+//!
+//! The handles hang off the policy snapshot's arms (looked up once when a snapshot is built),
+//! so recording a request touches only atomics: no lock and no map lookup on the hot path.
+//! Series outlive policy versions: a route/arm keeps its counts across swaps and rollbacks.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// Upper bounds (seconds) of the latency buckets: from sub-millisecond proxy answers to long
+/// generations.
+const BOUNDS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// A fixed-bucket histogram of durations.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BOUNDS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// What happened to one request, as the arm's series record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A 2xx answer that completed (streams: ended with `[DONE]` and no error event).
+    Success,
+    /// The backend answered 4xx: the client's fault, not the arm's.
+    ClientError,
+    /// 5xx, a timeout, a broken connection or an error event inside a stream.
+    Error,
+}
+
+/// The series of one route/arm pair.
+#[derive(Default)]
+pub struct ArmStats {
+    pub requests: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub errors: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub latency: Histogram,
+    pub ttft: Histogram,
+}
+
+impl ArmStats {
+    pub fn record(&self, outcome: Outcome, latency: Duration, ttft: Option<Duration>) {
+        self.requests.fetch_add(1, Relaxed);
+        match outcome {
+            Outcome::Success => {}
+            Outcome::ClientError => {
+                self.client_errors.fetch_add(1, Relaxed);
+            }
+            Outcome::Error => {
+                self.errors.fetch_add(1, Relaxed);
+            }
+        }
+        self.latency.record(latency);
+        if let Some(t) = ttft {
+            self.ttft.record(t);
+        }
+    }
+}
+
+/// Every route/arm series the process has seen, plus the gateway-wide counters.
+#[derive(Default)]
+pub struct Metrics {
+    arms: Mutex<BTreeMap<(String, String), Arc<ArmStats>>>,
+    /// Requests answered by the gateway itself with an error, by error code.
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    pub policy_version: AtomicU64,
+    pub policy_swaps: AtomicU64,
+    pub policy_rejected: AtomicU64,
+}
+
+impl Metrics {
+    /// The series of `route`/`arm`, created on first use. Called when a snapshot is built.
+    pub fn arm(&self, route: &str, arm: &str) -> Arc<ArmStats> {
+        self.arms
+            .lock()
+            .entry((route.to_owned(), arm.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// Counts a request the gateway refused before any backend saw it.
+    pub fn record_rejected(&self, code: &'static str) {
+        *self.rejected.lock().entry(code).or_default() += 1;
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let arms: Vec<_> = self
+            .arms
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let counter = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&ArmStats) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for ((route, arm), s) in &arms {
+                let _ = writeln!(out, "{name}{{route=\"{route}\",arm=\"{arm}\"}} {}", get(s));
+            }
+        };
+        counter(
+            &mut out,
+            "switchyard_requests_total",
+            "Requests proxied, per route and arm.",
+            &|s| s.requests.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_request_errors_total",
+            "Proxied requests that failed: 5xx, timeouts, broken or errored streams.",
+            &|s| s.errors.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_request_client_errors_total",
+            "Proxied requests the backend answered with 4xx.",
+            &|s| s.client_errors.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_requests_in_flight Requests being proxied now.\n# TYPE switchyard_requests_in_flight gauge"
+        );
+        for ((route, arm), s) in &arms {
+            let _ = writeln!(
+                out,
+                "switchyard_requests_in_flight{{route=\"{route}\",arm=\"{arm}\"}} {}",
+                s.in_flight.load(Relaxed)
+            );
+        }
+        for (name, help, pick) in [
+            (
+                "switchyard_request_duration_seconds",
+                "Time from request received to response complete.",
+                (|s: &ArmStats| &s.latency) as fn(&ArmStats) -> &Histogram,
+            ),
+            (
+                "switchyard_time_to_first_byte_seconds",
+                "Time from request received to the first response body byte from the backend.",
+                |s: &ArmStats| &s.ttft,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for ((route, arm), s) in &arms {
+                pick(s).render(&mut out, name, &format!("route=\"{route}\",arm=\"{arm}\""));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_rejected_requests_total Requests the gateway answered with an error itself, by code.\n# TYPE switchyard_rejected_requests_total counter"
+        );
+        for (code, n) in self.rejected.lock().iter() {
+            let _ = writeln!(
+                out,
+                "switchyard_rejected_requests_total{{code=\"{code}\"}} {n}"
+            );
+        }
+        for (name, kind, help, v) in [
+            (
+                "switchyard_policy_version",
+                "gauge",
+                "Version of the running policy.",
+                &self.policy_version,
+            ),
+            (
+                "switchyard_policy_swaps_total",
+                "counter",
+                "Policies accepted and swapped in (file, API, rollback).",
+                &self.policy_swaps,
+            ),
+            (
+                "switchyard_policy_rejected_total",
+                "counter",
+                "Policies refused by validation; the running one was kept.",
+                &self.policy_rejected,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.record(Duration::from_micros(500));
+        h.record(Duration::from_millis(30));
+        h.record(Duration::from_secs(500));
+        let mut out = String::new();
+        h.render(&mut out, "x", "a=\"b\"");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.05\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"120\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn series_survive_and_render() {
+        let m = Metrics::default();
+        m.arm("chat", "canary")
+            .record(Outcome::Error, Duration::from_millis(3), None);
+        m.arm("chat", "canary")
+            .record(Outcome::Success, Duration::from_millis(3), None);
+        m.record_rejected("model_not_found");
+        let text = m.render();
+        assert!(text.contains("switchyard_requests_total{route=\"chat\",arm=\"canary\"} 2"));
+        assert!(text.contains("switchyard_request_errors_total{route=\"chat\",arm=\"canary\"} 1"));
+        assert!(text.contains("switchyard_rejected_requests_total{code=\"model_not_found\"} 1"));
+    }
+}

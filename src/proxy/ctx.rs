@@ -1,0 +1,47 @@
+//! Per-request state shared by the hooks: the pinned snapshot, the decision, and what the
+//! `logging` hook needs to record.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{InFlightGuard, PolicySnapshot};
+use crate::metrics::Outcome;
+use crate::routing::Decision;
+
+pub struct RequestCtx {
+    pub started: Instant,
+    /// Pinned once at the start; the request sees this version to its end.
+    pub snapshot: Option<Arc<PolicySnapshot>>,
+    pub decision: Option<Decision>,
+    /// The backend that answered (index into the snapshot's backends).
+    pub backend: Option<usize>,
+    pub status: u16,
+    /// Time from `started` to the first response body bytes from the backend.
+    pub first_byte: Option<Duration>,
+    pub outcome: Option<Outcome>,
+    /// Error code when the gateway answered the request itself.
+    pub rejected: Option<&'static str>,
+    pub(super) in_flight: Option<InFlightGuard>,
+}
+
+impl RequestCtx {
+    pub fn new() -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            snapshot: None,
+            decision: None,
+            backend: None,
+            status: 0,
+            first_byte: None,
+            outcome: None,
+            rejected: None,
+            in_flight: None,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}

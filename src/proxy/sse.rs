@@ -1,0 +1,195 @@
+//! Watches a server-sent-events stream as it passes through, without holding it up.
+//!
+//! vLLM reports a failure after streaming began as `data: {"error": {...}}` then `data: [DONE]`
+//! on an HTTP 200, so the status alone cannot tell success. The scanner sees every event and
+//! remembers whether the stream ended properly, whether it carried an error, and the usage
+//! figures of the final chunk. Its buffer holds at most one partial event, bounded by
+//! [`MAX_EVENT_BYTES`]; a longer event is skipped (and counted), never buffered without end.
+
+use memchr::memmem;
+
+/// Longest single event the scanner will look inside.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct SseScanner {
+    partial: Vec<u8>,
+    skipping: bool,
+    pub events: u64,
+    pub oversized_events: u64,
+    pub saw_done: bool,
+    pub saw_error: bool,
+    pub usage: Option<Usage>,
+}
+
+impl SseScanner {
+    /// Feeds the next bytes of the stream, in any chunking. Events end at a blank line
+    /// (`\n\n`, as vLLM, TGI and SGLang write them).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let bytes = if self.skipping {
+            match memmem::find(bytes, b"\n\n") {
+                Some(end) => {
+                    self.skipping = false;
+                    &bytes[end + 2..]
+                }
+                None => return,
+            }
+        } else {
+            bytes
+        };
+        // A delimiter may straddle the previous chunk and this one.
+        let mut from = self.partial.len().saturating_sub(1);
+        let mut buf = std::mem::take(&mut self.partial);
+        buf.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(pos) = memmem::find(&buf[from..], b"\n\n") {
+            let end = from + pos;
+            self.on_event(&buf[start..end]);
+            start = end + 2;
+            from = start;
+        }
+        buf.drain(..start);
+        self.partial = buf;
+        if self.partial.len() > MAX_EVENT_BYTES {
+            self.partial.clear();
+            self.oversized_events += 1;
+            self.skipping = true;
+        }
+    }
+
+    fn on_event(&mut self, event: &[u8]) {
+        self.events += 1;
+        for line in event.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            if data == b"[DONE]" {
+                self.saw_done = true;
+            } else if memmem::find(data, b"\"error\"").is_some()
+                || memmem::find(data, b"\"usage\"").is_some()
+            {
+                self.inspect_json(data);
+            }
+        }
+    }
+
+    fn inspect_json(&mut self, data: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Chunk {
+            error: Option<serde::de::IgnoredAny>,
+            usage: Option<WireUsage>,
+        }
+        #[derive(serde::Deserialize)]
+        struct WireUsage {
+            prompt_tokens: Option<u64>,
+            completion_tokens: Option<u64>,
+            prompt_tokens_details: Option<Details>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Details {
+            cached_tokens: Option<u64>,
+        }
+        let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
+            return;
+        };
+        if chunk.error.is_some() {
+            self.saw_error = true;
+        }
+        if let Some(u) = chunk.usage {
+            self.usage = Some(Usage {
+                prompt_tokens: u.prompt_tokens.unwrap_or(0),
+                completion_tokens: u.completion_tokens.unwrap_or(0),
+                cached_tokens: u
+                    .prompt_tokens_details
+                    .and_then(|d| d.cached_tokens)
+                    .unwrap_or(0),
+            });
+        }
+    }
+
+    /// The stream ended with `[DONE]` and carried no error event.
+    pub fn succeeded(&self) -> bool {
+        self.saw_done && !self.saw_error
+    }
+}
+
+/// The event the gateway appends when the backend fails after streaming began, in vLLM's shape,
+/// so clients see an error instead of a silently truncated answer.
+pub fn error_event(message: &str, code: &str) -> bytes::Bytes {
+    let body = crate::error::openai_error_body(message, "server_error", code);
+    let mut out = Vec::with_capacity(body.len() + 32);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&body);
+    out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":8}}}\n\n\
+data: [DONE]\n\n";
+
+    #[test]
+    fn every_chunking_gives_the_same_reading() {
+        for split in 1..STREAM.len() {
+            let mut s = SseScanner::default();
+            s.feed(&STREAM[..split]);
+            s.feed(&STREAM[split..]);
+            assert_eq!(s.events, 3, "split at {split}");
+            assert!(s.succeeded(), "split at {split}");
+            assert_eq!(
+                s.usage,
+                Some(Usage {
+                    prompt_tokens: 12,
+                    completion_tokens: 3,
+                    cached_tokens: 8
+                })
+            );
+        }
+        let mut s = SseScanner::default();
+        for b in STREAM {
+            s.feed(std::slice::from_ref(b));
+        }
+        assert!(s.succeeded() && s.events == 3);
+    }
+
+    #[test]
+    fn error_event_marks_failure_even_with_done() {
+        let mut s = SseScanner::default();
+        s.feed(b"data: {\"choices\":[]}\n\n");
+        s.feed(&error_event("boom", "upstream_error"));
+        assert!(s.saw_done && s.saw_error && !s.succeeded());
+    }
+
+    #[test]
+    fn truncated_stream_is_not_success() {
+        let mut s = SseScanner::default();
+        s.feed(&STREAM[..40]);
+        assert!(!s.succeeded());
+    }
+
+    #[test]
+    fn oversized_event_is_skipped_not_buffered() {
+        let mut s = SseScanner::default();
+        let big = vec![b'x'; MAX_EVENT_BYTES + 10];
+        s.feed(b"data: ");
+        s.feed(&big);
+        assert!(s.partial.is_empty());
+        s.feed(&big);
+        s.feed(b"\n\ndata: [DONE]\n\n");
+        assert_eq!(s.oversized_events, 1);
+        assert!(s.saw_done);
+    }
+}

@@ -1,0 +1,249 @@
+//! `RequestFacts`: what every later stage needs to know about a request, parsed once from the
+//! body. Only the fields below are looked at; everything else is passed upstream untouched.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// The OpenAI endpoints the gateway routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The endpoint a `POST` to `path` addresses, if it is one the gateway routes.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        match path {
+            "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
+            "/v1/completions" => Some(Endpoint::Completions),
+            "/v1/embeddings" => Some(Endpoint::Embeddings),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestFacts {
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub stream: bool,
+    /// `stream_options.include_usage`: the backend appends a usage chunk before `[DONE]`.
+    pub include_usage: bool,
+    /// `max_tokens`, or `max_completion_tokens` when only that is given.
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub user: Option<String>,
+    /// Rough prompt size in tokens: text bytes / 4 rounded up, or the count of token ids when
+    /// the prompt is given as ids. Good enough for routing and budgeting, not for billing.
+    pub prompt_tokens_estimate: u64,
+    /// Number of chat messages (0 for completions and embeddings).
+    pub message_count: usize,
+}
+
+/// Why a body could not be turned into [`RequestFacts`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FactsError {
+    #[error("the request body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("the request body must include a non-empty `model` string")]
+    MissingModel,
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f64>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    messages: Option<Vec<Message<'a>>>,
+    #[serde(borrow)]
+    prompt: Option<PromptField<'a>>,
+    #[serde(borrow)]
+    input: Option<PromptField<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    content: Option<Content<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Parts(#[serde(borrow)] Vec<Part<'a>>),
+}
+
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// `prompt` (completions) and `input` (embeddings): text, texts, token ids or lists of ids.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PromptField<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Texts(#[serde(borrow)] Vec<Cow<'a, str>>),
+    Tokens(Vec<u64>),
+    TokenLists(Vec<Vec<u64>>),
+}
+
+fn tokens_of_text(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
+}
+
+impl PromptField<'_> {
+    fn tokens(&self) -> u64 {
+        match self {
+            PromptField::Text(t) => tokens_of_text(t.len()),
+            PromptField::Texts(ts) => ts.iter().map(|t| tokens_of_text(t.len())).sum(),
+            PromptField::Tokens(ids) => ids.len() as u64,
+            PromptField::TokenLists(lists) => lists.iter().map(|l| l.len() as u64).sum(),
+        }
+    }
+}
+
+impl RequestFacts {
+    /// Parses the body of a request to `endpoint`.
+    pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<RequestFacts, FactsError> {
+        let wire: Wire<'_> =
+            serde_json::from_slice(body).map_err(|e| FactsError::Malformed(e.to_string()))?;
+        let model = match wire.model {
+            Some(m) if !m.is_empty() => m.into_owned(),
+            _ => return Err(FactsError::MissingModel),
+        };
+        let message_count = wire.messages.as_ref().map_or(0, Vec::len);
+        let message_tokens: u64 = wire
+            .messages
+            .iter()
+            .flatten()
+            .filter_map(|m| m.content.as_ref())
+            .map(|c| match c {
+                Content::Text(t) => tokens_of_text(t.len()),
+                Content::Parts(parts) => parts
+                    .iter()
+                    .filter_map(|p| p.text.as_ref())
+                    .map(|t| tokens_of_text(t.len()))
+                    .sum(),
+            })
+            .sum();
+        let prompt_tokens_estimate = message_tokens
+            + wire.prompt.as_ref().map_or(0, PromptField::tokens)
+            + wire.input.as_ref().map_or(0, PromptField::tokens);
+        Ok(RequestFacts {
+            endpoint,
+            model,
+            stream: wire.stream.unwrap_or(false),
+            include_usage: wire
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            max_tokens: wire.max_tokens.or(wire.max_completion_tokens),
+            temperature: wire.temperature,
+            user: wire.user.map(Cow::into_owned),
+            prompt_tokens_estimate,
+            message_count,
+        })
+    }
+}
+
+/// Returns `body` with its top-level `model` replaced, every other member kept byte for byte
+/// and in order. Used when a backend serves the model under another name.
+pub fn rewrite_model(body: &[u8], model: &str) -> Result<Vec<u8>, FactsError> {
+    let mut members: indexmap::IndexMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_slice(body).map_err(|e| FactsError::Malformed(e.to_string()))?;
+    let value =
+        serde_json::value::to_raw_value(model).map_err(|e| FactsError::Malformed(e.to_string()))?;
+    members.insert("model".to_owned(), value);
+    serde_json::to_vec(&members).map_err(|e| FactsError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_facts() {
+        let body = br#"{"model":"llama","stream":true,"stream_options":{"include_usage":true},
+            "max_tokens":32,"temperature":0.2,"user":"u-1","extra":{"x":[1,2]},
+            "messages":[{"role":"system","content":"You are terse."},
+                        {"role":"user","content":[{"type":"text","text":"hello there"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
+        let f = RequestFacts::parse(Endpoint::ChatCompletions, body).unwrap();
+        assert_eq!(f.model, "llama");
+        assert!(f.stream && f.include_usage);
+        assert_eq!(f.max_tokens, Some(32));
+        assert_eq!(f.temperature, Some(0.2));
+        assert_eq!(f.user.as_deref(), Some("u-1"));
+        assert_eq!(f.message_count, 2);
+        // "You are terse." = 14 bytes → 4, "hello there" = 11 bytes → 3
+        assert_eq!(f.prompt_tokens_estimate, 7);
+    }
+
+    #[test]
+    fn completion_and_embedding_prompts() {
+        let f = RequestFacts::parse(
+            Endpoint::Completions,
+            br#"{"model":"m","prompt":["abcd","abcdefgh"],"max_completion_tokens":5}"#,
+        )
+        .unwrap();
+        assert_eq!((f.prompt_tokens_estimate, f.max_tokens), (3, Some(5)));
+        let f = RequestFacts::parse(
+            Endpoint::Embeddings,
+            br#"{"model":"m","input":[[1,2,3],[4]]}"#,
+        )
+        .unwrap();
+        assert_eq!(f.prompt_tokens_estimate, 4);
+        assert!(!f.stream);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(
+            RequestFacts::parse(Endpoint::ChatCompletions, b"{\"model\": "),
+            Err(FactsError::Malformed(_))
+        ));
+        assert!(matches!(
+            RequestFacts::parse(Endpoint::ChatCompletions, b"[1,2]"),
+            Err(FactsError::Malformed(_))
+        ));
+        assert_eq!(
+            RequestFacts::parse(Endpoint::ChatCompletions, br#"{"messages":[]}"#),
+            Err(FactsError::MissingModel)
+        );
+        assert_eq!(
+            RequestFacts::parse(Endpoint::ChatCompletions, br#"{"model":""}"#),
+            Err(FactsError::MissingModel)
+        );
+        assert!(matches!(
+            RequestFacts::parse(Endpoint::ChatCompletions, br#"{"model":7}"#),
+            Err(FactsError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn rewrite_keeps_other_members_verbatim() {
+        let body = br#"{"stream":true,"model":"public","messages":[{"role":"user","content":"h\u00e9  llo"}],"n":1.50}"#;
+        let out = rewrite_model(body, "internal-v2").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"stream":true,"model":"internal-v2","messages":[{"role":"user","content":"h\u00e9  llo"}],"n":1.50}"#
+        );
+    }
+}
