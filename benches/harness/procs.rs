@@ -41,33 +41,57 @@ impl Pinning {
         }
     }
 
-    /// Proxy on the last CPU, everything else on CPU 0, when there are ≥ 2 and
-    /// `taskset` exists.
-    pub fn split() -> Self {
+    fn cpus() -> Option<usize> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if cpus < 2 || !Path::new("/usr/bin/taskset").exists() {
-            return Self::none();
-        }
-        Self {
-            proxy_cpu: Some(cpus - 1),
-            rest_cpu: Some(0),
+        (cpus >= 2 && Path::new("/usr/bin/taskset").exists()).then_some(cpus)
+    }
+
+    /// Proxy on the last CPU, everything else on CPU 0, when there are ≥ 2
+    /// and `taskset` exists: for load, where the proxy needs a core.
+    pub fn split() -> Self {
+        match Self::cpus() {
+            Some(cpus) => Self {
+                proxy_cpu: Some(cpus - 1),
+                rest_cpu: Some(0),
+            },
+            None => Self::none(),
         }
     }
 
-    /// Pins this process (all its threads) to the load generator's CPU.
-    /// Call before starting the tokio runtime: new threads inherit it.
+    /// Everything on the last CPU: for concurrency 1, where a request is
+    /// strictly sequential anyway. Each hop between CPUs costs a cross-CPU
+    /// wake-up (tens of µs on a VM), which would drown the proxy's own cost.
+    pub fn one_cpu() -> Self {
+        match Self::cpus() {
+            Some(cpus) => Self {
+                proxy_cpu: Some(cpus - 1),
+                rest_cpu: Some(cpus - 1),
+            },
+            None => Self::none(),
+        }
+    }
+
+    /// Pins this process (all its threads, and those it starts later) to the
+    /// load generator's CPU, or frees it to all CPUs.
     pub fn pin_self(&self) {
-        if let Some(cpu) = self.rest_cpu {
-            let _ = Command::new("taskset")
-                .args([
-                    "-a",
-                    "-p",
-                    "-c",
-                    &cpu.to_string(),
-                    &std::process::id().to_string(),
-                ])
-                .stdout(Stdio::null())
-                .status();
+        let cpus = match (self.rest_cpu, Self::cpus()) {
+            (Some(cpu), _) => cpu.to_string(),
+            (None, Some(n)) => format!("0-{}", n - 1),
+            (None, None) => return,
+        };
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpus, &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+    }
+
+    pub fn describe(&self) -> String {
+        match (self.proxy_cpu, self.rest_cpu) {
+            (Some(p), Some(r)) if p == r => format!("all on CPU {p}"),
+            (Some(p), Some(r)) => {
+                format!("proxy under test on CPU {p}; load generator and sims on CPU {r}")
+            }
+            _ => "none".to_owned(),
         }
     }
 }

@@ -157,11 +157,13 @@ fn short(v: f64) -> String {
 
 impl Results {
     pub fn new(opts: &Options, env: &Env) -> Self {
-        let pinning = match (env.pin.proxy_cpu, env.pin.rest_cpu) {
-            (Some(p), Some(r)) => {
-                format!("proxy under test on CPU {p}; load generator and sims on CPU {r}")
-            }
-            _ => "none".to_owned(),
+        let pinning = match env.pin.proxy_cpu {
+            Some(_) => format!(
+                "scenarios 1 and 5 (concurrency 1): {}; the others: {}",
+                crate::procs::Pinning::one_cpu().describe(),
+                env.pin.describe()
+            ),
+            None => "none".to_owned(),
         };
         Self {
             meta: Meta {

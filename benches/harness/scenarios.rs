@@ -191,11 +191,11 @@ struct Stack {
 impl Stack {
     /// Sims named `names` with `timing`, nginx and a single-arm switchyard
     /// in front of the first.
-    fn single(ctx: &Ctx, tag: &str, timing: SimTiming) -> Result<Self> {
-        let sim = Sim::start(&ctx.env, &format!("{tag}-a"), timing)?;
-        let nginx = Nginx::start(&ctx.env, tag, &NginxConf::new(local(free_port()), sim.addr));
+    fn single(env: &Env, tag: &str, timing: SimTiming) -> Result<Self> {
+        let sim = Sim::start(env, &format!("{tag}-a"), timing)?;
+        let nginx = Nginx::start(env, tag, &NginxConf::new(local(free_port()), sim.addr));
         let policy = Policy::single(local(free_port()), local(free_port()), &sim);
-        let switchyard = ctx.start_switchyard(tag, &policy);
+        let switchyard = start_switchyard(env, tag, &policy);
         Ok(Self {
             sims: vec![sim],
             nginx,
@@ -244,13 +244,25 @@ struct Ctx {
     ticks_per_s: u64,
 }
 
+fn start_switchyard(
+    env: &Env,
+    tag: &str,
+    policy: &Policy,
+) -> std::result::Result<Switchyard, String> {
+    Switchyard::start(env, tag, policy).map_err(|e| format!("did not start: {e}"))
+}
+
 impl Ctx {
-    fn start_switchyard(
-        &self,
-        tag: &str,
-        policy: &Policy,
-    ) -> std::result::Result<Switchyard, String> {
-        Switchyard::start(&self.env, tag, policy).map_err(|e| format!("did not start: {e}"))
+    /// The environment of a concurrency-1 scenario: everything on one CPU
+    /// (unless pinning is off). Pins the load generator too; `main` restores
+    /// the default before the next scenario.
+    fn one_cpu_env(&self) -> Env {
+        let mut env = self.env.clone();
+        if env.pin.proxy_cpu.is_some() {
+            env.pin = Pinning::one_cpu();
+        }
+        env.pin.pin_self();
+        env
     }
 
     /// Runs `spec` against `target`, measuring the CPU its process tree used.
@@ -285,7 +297,6 @@ pub fn main(opts: Options) -> Result<()> {
     } else {
         Pinning::none()
     };
-    pin.pin_self();
     let switchyard = match opts.switchyard.clone() {
         Some(p) => p,
         None => std::env::current_exe()
@@ -340,6 +351,7 @@ pub fn main(opts: Options) -> Result<()> {
         }
         let t = Instant::now();
         eprintln!("scenario {id} …");
+        ctx.env.pin.pin_self();
         let mut r = scenario(&ctx).map_err(|e| format!("scenario {id}: {e}"))?;
         r.id = id;
         r.seconds = crate::stats::round3(t.elapsed().as_secs_f64());
@@ -406,7 +418,7 @@ fn store(result: &mut ScenarioResult, key: &str, report: RunReport) {
 // 1 ───────────────────────────────────────────────────────────────────────────
 
 fn added_latency(ctx: &Ctx) -> Result<ScenarioResult> {
-    let stack = Stack::single(ctx, "s1", SimTiming::default())?;
+    let stack = Stack::single(&ctx.one_cpu_env(), "s1", SimTiming::default())?;
     let targets = stack.targets();
     let per_round = ctx.p.c1_samples.div_ceil(ctx.p.c1_rounds);
     let mut recs: BTreeMap<Kind, Recorder> = BTreeMap::new();
@@ -468,7 +480,7 @@ fn added_latency(ctx: &Ctx) -> Result<ScenarioResult> {
 // 2 ───────────────────────────────────────────────────────────────────────────
 
 fn cpu_per_request(ctx: &Ctx) -> Result<ScenarioResult> {
-    let stack = Stack::single(ctx, "s2", SimTiming::default())?;
+    let stack = Stack::single(&ctx.env, "s2", SimTiming::default())?;
     let mut reports = BTreeMap::new();
     for t in stack.targets() {
         let mut spec = ctx.spec(chat_body(16));
@@ -509,7 +521,7 @@ fn cpu_per_request(ctx: &Ctx) -> Result<ScenarioResult> {
 // 3 ───────────────────────────────────────────────────────────────────────────
 
 fn throughput_ladder(ctx: &Ctx) -> Result<ScenarioResult> {
-    let stack = Stack::single(ctx, "s3", SimTiming::default())?;
+    let stack = Stack::single(&ctx.env, "s3", SimTiming::default())?;
     let mut result = ScenarioResult::new("Throughput ladder (open loop, 32 connections)");
     let mut best: BTreeMap<Kind, f64> = BTreeMap::new();
     for t in stack.targets() {
@@ -588,7 +600,7 @@ fn throughput_ladder(ctx: &Ctx) -> Result<ScenarioResult> {
 
 fn streaming(ctx: &Ctx) -> Result<ScenarioResult> {
     let timing = ctx.p.stream_timing;
-    let stack = Stack::single(ctx, "s4", timing)?;
+    let stack = Stack::single(&ctx.env, "s4", timing)?;
     let mut reports = BTreeMap::new();
     let mut result = ScenarioResult::new("Streaming SSE");
     for t in stack.targets() {
@@ -683,7 +695,7 @@ fn streaming(ctx: &Ctx) -> Result<ScenarioResult> {
 // 5 ───────────────────────────────────────────────────────────────────────────
 
 fn body_sizes(ctx: &Ctx) -> Result<ScenarioResult> {
-    let stack = Stack::single(ctx, "s5", SimTiming::default())?;
+    let stack = Stack::single(&ctx.one_cpu_env(), "s5", SimTiming::default())?;
     let mut result = ScenarioResult::new("Request body size, concurrency 1");
     for &size in ctx.p.body_sizes {
         let mut reports = BTreeMap::new();
@@ -782,7 +794,7 @@ fn swap_under_load(ctx: &Ctx) -> Result<ScenarioResult> {
         p
     };
     let (toml_a, toml_b) = (policy_a.render(), policy_b.render());
-    let switchyard = ctx.start_switchyard("s6", &policy_a);
+    let switchyard = start_switchyard(&ctx.env, "s6", &policy_a);
     let stack = Stack {
         sims: vec![a, b],
         nginx,
@@ -1010,7 +1022,7 @@ fn shadow(ctx: &Ctx) -> Result<ScenarioResult> {
                 continue;
             }
         }
-        match ctx.start_switchyard(&tag, &policy) {
+        match start_switchyard(&ctx.env, &tag, &policy) {
             Ok(sy) => {
                 let before = sim_responses(&slow);
                 let r = measure(Kind::Switchyard, sy.addr, sy.proc.pid());
