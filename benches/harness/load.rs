@@ -302,10 +302,13 @@ pub async fn run(spec: LoadSpec) -> Recorder {
                             break;
                         }
                         match conn.send(&spec, &mut rec).await {
-                            Ok(t) => rec.record_ok(
-                                clock.corrected_latency(index, t.done - start),
-                                t.done - t.sent,
-                            ),
+                            Ok(t) => {
+                                rec.record_send_lag(clock.corrected_latency(index, t.sent - start));
+                                rec.record_ok(
+                                    clock.corrected_latency(index, t.done - start),
+                                    t.done - t.sent,
+                                );
+                            }
                             Err(kind) => rec.error(kind),
                         }
                     }

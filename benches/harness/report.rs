@@ -28,6 +28,8 @@ pub struct Meta {
     pub date: String,
     pub machine: Machine,
     pub pinning: String,
+    /// `/proc/loadavg` when the run started: other work on the machine.
+    pub loadavg_at_start: String,
     pub nginx: String,
     pub seconds: f64,
 }
@@ -173,6 +175,10 @@ impl Results {
                 date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                 machine: machine(),
                 pinning,
+                loadavg_at_start: std::fs::read_to_string("/proc/loadavg")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
                 nginx: env.nginx.as_ref().map_or("not installed".into(), |n| {
                     let out = Command::new(n).arg("-v").output();
                     out.map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
@@ -376,6 +382,11 @@ findings live in `{FINDINGS}` and are copied in below. Raw figures of every run:
     let _ = writeln!(md, "- **Pinning:** {}", m.pinning);
     let _ = writeln!(
         md,
+        "- **Load average at start:** {} (anything well above 0 means other work shared the CPUs)",
+        m.loadavg_at_start
+    );
+    let _ = writeln!(
+        md,
         "- **Proxies:** {} with `worker_processes 1`, upstream keep-alive; switchyard with `[server] threads = 1`, one route, one arm",
         m.nginx
     );
@@ -465,6 +476,7 @@ mod tests {
                 date: "2026-01-01T00:00:00Z".into(),
                 machine: machine(),
                 pinning: "none".into(),
+                loadavg_at_start: "0.00 0.00 0.00 1/100 1".into(),
                 nginx: "nginx/1.22.1".into(),
                 seconds: 1.0,
             },

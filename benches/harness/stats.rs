@@ -71,6 +71,9 @@ pub struct Recorder {
     pub ttfe: Histogram<u64>,
     /// Time between consecutive SSE events of one stream.
     pub gap: Histogram<u64>,
+    /// Open loop: actual send − intended send, the generator's own pacing
+    /// error plus waiting for a free connection.
+    pub send_lag: Histogram<u64>,
     pub ok: u64,
     pub errors: BTreeMap<String, u64>,
     /// Gaps at or above the stall threshold.
@@ -89,6 +92,7 @@ impl Default for Recorder {
             service: histogram(),
             ttfe: histogram(),
             gap: histogram(),
+            send_lag: histogram(),
             ok: 0,
             errors: BTreeMap::new(),
             stalls: 0,
@@ -124,6 +128,10 @@ impl Recorder {
         }
     }
 
+    pub fn record_send_lag(&mut self, lag: Duration) {
+        self.send_lag.saturating_record(nanos(lag));
+    }
+
     pub fn record_ttfe(&mut self, ttfe: Duration) {
         self.ttfe.saturating_record(nanos(ttfe));
     }
@@ -136,6 +144,7 @@ impl Recorder {
             (&mut self.service, &other.service),
             (&mut self.ttfe, &other.ttfe),
             (&mut self.gap, &other.gap),
+            (&mut self.send_lag, &other.send_lag),
         ] {
             mine.add(theirs).expect("histograms share bounds");
         }
@@ -170,6 +179,7 @@ impl Recorder {
             service: Summary::of(&self.service),
             ttfe: Summary::of(&self.ttfe),
             gap: Summary::of(&self.gap),
+            send_lag: Summary::of(&self.send_lag),
             stalls: self.stalls,
             events: self.events,
             backends: self.backends.clone(),
@@ -269,6 +279,7 @@ pub struct RunReport {
     pub service: Option<Summary>,
     pub ttfe: Option<Summary>,
     pub gap: Option<Summary>,
+    pub send_lag: Option<Summary>,
     pub stalls: u64,
     pub events: u64,
     pub backends: BTreeMap<String, u64>,
