@@ -15,7 +15,12 @@ async fn plain_chat_is_proxied_with_routing_headers_and_model_rewrite() {
         + &route("chat", &["llama"], "none", &[("champion", &["b1"], 100.0)]);
     let gw = start_gateway(&policy);
     let c = client();
-    let r = post_json(&c, &format!("{}/v1/chat/completions", gw.url()), &chat("llama", "hello world")).await;
+    let r = post_json(
+        &c,
+        &format!("{}/v1/chat/completions", gw.url()),
+        &chat("llama", "hello world"),
+    )
+    .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.header("x-switchyard-route"), "chat");
     assert_eq!(r.header("x-switchyard-arm"), "champion");
@@ -26,7 +31,10 @@ async fn plain_chat_is_proxied_with_routing_headers_and_model_rewrite() {
     assert_eq!(body["usage"]["completion_tokens"], 4);
     let seen = sim.received();
     let sent: serde_json::Value = serde_json::from_slice(&seen.last().unwrap().body).unwrap();
-    assert_eq!(sent["model"], "llama-internal", "the backend sees the rewritten model name");
+    assert_eq!(
+        sent["model"], "llama-internal",
+        "the backend sees the rewritten model name"
+    );
     assert_eq!(sent["messages"][0]["content"], "hello world");
 }
 
@@ -38,10 +46,20 @@ async fn completions_embeddings_and_models() {
         + &route("r", &["m", "m-alias"], "none", &[("a", &["b1"], 100.0)]);
     let gw = start_gateway(&policy);
     let c = client();
-    let r = post_json(&c, &format!("{}/v1/completions", gw.url()), &json!({"model": "m", "prompt": "once upon", "max_tokens": 3})).await;
+    let r = post_json(
+        &c,
+        &format!("{}/v1/completions", gw.url()),
+        &json!({"model": "m", "prompt": "once upon", "max_tokens": 3}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["object"], "text_completion");
-    let r = post_json(&c, &format!("{}/v1/embeddings", gw.url()), &json!({"model": "m", "input": ["a", "b"]})).await;
+    let r = post_json(
+        &c,
+        &format!("{}/v1/embeddings", gw.url()),
+        &json!({"model": "m", "input": ["a", "b"]}),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
     let r = request(&c, "GET", &format!("{}/v1/models", gw.url()), &[], "").await;
@@ -70,23 +88,42 @@ async fn streaming_events_pass_through_as_they_are_produced() {
     let body = json!({"model": "m", "stream": true, "max_tokens": 12, "stream_options": {"include_usage": true},
                       "messages": [{"role": "user", "content": "count"}]});
     // Warm both connection pools so neither measurement pays a connect.
-    post_stream(&c, &format!("{}/v1/chat/completions", direct_sim.url()), &body).await;
+    post_stream(
+        &c,
+        &format!("{}/v1/chat/completions", direct_sim.url()),
+        &body,
+    )
+    .await;
     post_stream(&c, &format!("{}/v1/chat/completions", gw.url()), &body).await;
 
-    let direct = post_stream(&c, &format!("{}/v1/chat/completions", direct_sim.url()), &body).await;
+    let direct = post_stream(
+        &c,
+        &format!("{}/v1/chat/completions", direct_sim.url()),
+        &body,
+    )
+    .await;
     let proxied = post_stream(&c, &format!("{}/v1/chat/completions", gw.url()), &body).await;
     assert_eq!(proxied.status, 200);
     assert_eq!(proxied.header("x-switchyard-arm"), "a");
-    assert!(proxied.header("content-type").starts_with("text/event-stream"));
+    assert!(proxied
+        .header("content-type")
+        .starts_with("text/event-stream"));
     let events = proxied.events();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    assert_eq!(events.len(), direct.events().len(), "every event passes through");
+    assert_eq!(
+        events.len(),
+        direct.events().len(),
+        "every event passes through"
+    );
     let usage: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 12);
 
     let ttfe = |s: &Streamed| s.frames[0].0 - s.sent_at;
     let added = ttfe(&proxied).saturating_sub(ttfe(&direct));
-    assert!(added < Duration::from_millis(40), "first event {added:?} later through the gateway");
+    assert!(
+        added < Duration::from_millis(40),
+        "first event {added:?} later through the gateway"
+    );
     // One frame per token, ~50 ms apart: nothing is batched.
     let token_frames: Vec<Instant> = proxied
         .frames
@@ -94,7 +131,11 @@ async fn streaming_events_pass_through_as_they_are_produced() {
         .filter(|(_, b)| b.windows(8).any(|w| w == b"\"delta\":"))
         .map(|(t, _)| *t)
         .collect();
-    assert!(token_frames.len() >= 11, "frames arrived batched: {} frames", token_frames.len());
+    assert!(
+        token_frames.len() >= 11,
+        "frames arrived batched: {} frames",
+        token_frames.len()
+    );
     let mut gaps: Vec<Duration> = token_frames.windows(2).map(|w| w[1] - w[0]).collect();
     gaps.sort();
     let median = gaps[gaps.len() / 2];
@@ -112,15 +153,36 @@ async fn bodies_above_pingoras_retry_buffer_arrive_byte_for_byte() {
         + &route("r", &["m"], "none", &[("a", &["b1"], 100.0)]);
     let gw = start_gateway(&policy);
     let c = client();
-    for size in [63 * 1024, 65 * 1024, 1024 * 1024, 4 * 1024 * 1024, 8 * 1024 * 1024 - 200] {
+    for size in [
+        63 * 1024,
+        65 * 1024,
+        1024 * 1024,
+        4 * 1024 * 1024,
+        8 * 1024 * 1024 - 200,
+    ] {
         let filler: String = (0..size).map(|i| (b'a' + (i % 26) as u8) as char).collect();
         let body = json!({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": filler}]}).to_string();
         let body = body.as_bytes()[..].to_vec();
-        let r = request(&c, "POST", &format!("{}/v1/chat/completions", gw.url()), &[("content-type", "application/json")], body.clone()).await;
-        assert_eq!(r.status, 200, "size {size}: {:?}", String::from_utf8_lossy(&r.body));
+        let r = request(
+            &c,
+            "POST",
+            &format!("{}/v1/chat/completions", gw.url()),
+            &[("content-type", "application/json")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            200,
+            "size {size}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
         let got = sim.received().last().unwrap().body.clone();
         assert_eq!(got.len(), body.len(), "size {size}");
-        assert!(got[..] == body[..], "size {size}: the backend received different bytes");
+        assert!(
+            got[..] == body[..],
+            "size {size}: the backend received different bytes"
+        );
     }
 }
 
@@ -129,7 +191,12 @@ async fn client_errors_use_the_openai_shape() {
     let sim = sim("s1", &["m"], |_| {}).await;
     let policy = server_section("max_body_bytes = 1024")
         + &backend("b1", &sim.url(), "")
-        + &route("r", &["m", "secret-model-name"], "none", &[("a", &["b1"], 100.0)]);
+        + &route(
+            "r",
+            &["m", "secret-model-name"],
+            "none",
+            &[("a", &["b1"], 100.0)],
+        );
     let gw = start_gateway(&policy);
     let c = client();
     let url = format!("{}/v1/chat/completions", gw.url());
@@ -143,27 +210,53 @@ async fn client_errors_use_the_openai_shape() {
     assert_eq!((r.status, r.error_code().as_str()), (400, "missing_model"));
 
     let r = post_json(&c, &url, &chat("gpt-nope", "hi")).await;
-    assert_eq!((r.status, r.error_code().as_str()), (404, "model_not_found"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "model_not_found")
+    );
     let text = String::from_utf8_lossy(&r.body);
-    assert!(text.contains("gpt-nope") && !text.contains("secret-model-name"), "{text}");
+    assert!(
+        text.contains("gpt-nope") && !text.contains("secret-model-name"),
+        "{text}"
+    );
 
-    let r = request(&c, "POST", &format!("{}/v1/nothing", gw.url()), &json_ct, "{}").await;
+    let r = request(
+        &c,
+        "POST",
+        &format!("{}/v1/nothing", gw.url()),
+        &json_ct,
+        "{}",
+    )
+    .await;
     assert_eq!((r.status, r.error_code().as_str()), (404, "unknown_url"));
 
     let r = request(&c, "GET", &url, &[], "").await;
-    assert_eq!((r.status, r.error_code().as_str()), (405, "method_not_allowed"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (405, "method_not_allowed")
+    );
 
-    let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(2000)}]}).to_string();
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(2000)}]})
+        .to_string();
     let r = request(&c, "POST", &url, &json_ct, big).await;
-    assert_eq!((r.status, r.error_code().as_str()), (413, "request_too_large"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (413, "request_too_large")
+    );
 
     // A chunked body (no Content-Length) is cut off at the limit too.
-    let stream = futures::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::from(vec![b' '; 512])))));
+    let stream = futures::stream::iter((0..8).map(|_| {
+        Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::from(vec![
+            b' ';
+            512
+        ])))
+    }));
     let chunked = http::Request::post(&url)
         .body(http_body_util::StreamBody::new(stream))
         .unwrap();
     let raw: hyper_util::client::legacy::Client<_, _> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
     let resp = raw.request(chunked).await.unwrap();
     assert_eq!(resp.status(), 413);
 
@@ -172,7 +265,10 @@ async fn client_errors_use_the_openai_shape() {
     assert_eq!(r.status, 200);
     let metrics = request(&c, "GET", &format!("{}/metrics", gw.admin_url()), &[], "").await;
     let metrics = String::from_utf8_lossy(&metrics.body);
-    assert!(metrics.contains("switchyard_rejected_requests_total{code=\"model_not_found\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("switchyard_rejected_requests_total{code=\"model_not_found\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,17 +280,28 @@ async fn dead_backends_fail_over_then_answer_503() {
         + &backend("live", &sim.url(), "")
         + &backend("dead2", &format!("http://127.0.0.1:{}", free_port()), "")
         + &route("r", &["m"], "none", &[("a", &["dead", "live"], 100.0)])
-        + &route("down", &["down"], "none", &[("a", &["dead", "dead2"], 100.0)]);
+        + &route(
+            "down",
+            &["down"],
+            "none",
+            &[("a", &["dead", "dead2"], 100.0)],
+        );
     let gw = start_gateway(&policy);
     let c = client();
     let url = format!("{}/v1/chat/completions", gw.url());
     for _ in 0..6 {
         let r = post_json(&c, &url, &chat("m", "hi")).await;
-        assert_eq!(r.status, 200, "a connect failure moves on to the arm's next backend");
+        assert_eq!(
+            r.status, 200,
+            "a connect failure moves on to the arm's next backend"
+        );
         assert_eq!(r.header("x-switchyard-backend"), "live");
     }
     let r = post_json(&c, &url, &chat("down", "hi")).await;
-    assert_eq!((r.status, r.error_code().as_str()), (503, "backends_unavailable"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "backends_unavailable")
+    );
     assert_eq!(r.json()["error"]["type"], "server_error");
 }
 
@@ -212,7 +319,10 @@ async fn upstream_timeouts_and_errors() {
     let url = format!("{}/v1/chat/completions", gw.url());
     let started = Instant::now();
     let r = post_json(&c, &url, &chat("slow", "hi")).await;
-    assert_eq!((r.status, r.error_code().as_str()), (504, "upstream_timeout"));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (504, "upstream_timeout")
+    );
     assert!(started.elapsed() < Duration::from_millis(1_500));
     // A backend's own error answer is relayed as is, with the routing headers.
     let r = post_json(&c, &url, &chat("broken", "hi")).await;
@@ -220,8 +330,14 @@ async fn upstream_timeouts_and_errors() {
     assert_eq!(r.header("x-switchyard-backend"), "broken");
     let metrics = request(&c, "GET", &format!("{}/metrics", gw.admin_url()), &[], "").await;
     let metrics = String::from_utf8_lossy(&metrics.body);
-    assert!(metrics.contains("switchyard_request_errors_total{route=\"broken\",arm=\"a\"} 1"), "{metrics}");
-    assert!(metrics.contains("switchyard_request_errors_total{route=\"slow\",arm=\"a\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("switchyard_request_errors_total{route=\"broken\",arm=\"a\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_request_errors_total{route=\"slow\",arm=\"a\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +361,11 @@ async fn failures_mid_stream_end_with_an_error_event() {
     let s = post_stream(&c, &url, &body("drop")).await;
     assert_eq!(s.status, 200);
     let events = s.events();
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
     let err: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(err["error"]["code"], "upstream_error");
 
@@ -257,7 +377,9 @@ async fn failures_mid_stream_end_with_an_error_event() {
     let metrics = String::from_utf8_lossy(&metrics.body);
     for route in ["drop", "err"] {
         assert!(
-            metrics.contains(&format!("switchyard_request_errors_total{{route=\"{route}\",arm=\"a\"}} 1")),
+            metrics.contains(&format!(
+                "switchyard_request_errors_total{{route=\"{route}\",arm=\"a\"}} 1"
+            )),
             "a stream that failed after the 200 counts as an error: {metrics}"
         );
     }
