@@ -501,7 +501,13 @@ impl SseWriter {
                 },
             }),
             Event::Done => Bytes::from_static(openai::DONE_EVENT),
-            Event::Drop => return Some(Err(StreamDropped(self.events))),
+            Event::Drop => {
+                // hyper discards unflushed output when a body fails; yielding
+                // once lets it flush the events already written (it flushes
+                // whenever the body is pending), so the client sees them first.
+                tokio::task::yield_now().await;
+                return Some(Err(StreamDropped(self.events)));
+            }
         };
         self.events += 1;
         Some(Ok(Frame::data(data)))
