@@ -265,10 +265,7 @@ impl SimState {
         Ok(response)
     }
 
-    async fn answer(
-        self: &Arc<Self>,
-        request: Request<Incoming>,
-    ) -> Result<Response<SimBody>, SimError> {
+    async fn answer(&self, request: Request<Incoming>) -> Result<Response<SimBody>, SimError> {
         let (parts, body) = request.into_parts();
         let body = Limited::new(body, MAX_BODY_BYTES)
             .collect()
@@ -343,7 +340,7 @@ impl SimState {
     }
 
     async fn generate(
-        self: &Arc<Self>,
+        &self,
         endpoint: Endpoint,
         generation: Generation,
     ) -> Result<Response<SimBody>, SimError> {
@@ -375,7 +372,6 @@ impl SimState {
         if !generation.stream {
             sleep_until(start + plan.total()).await;
             let text = completion_text(self.seed, &generation.prompt, completion_tokens);
-            drop(in_flight);
             return Ok(json_response(StatusCode::OK, meta.answer(&text, usage)));
         }
         let writer = SseWriter {
