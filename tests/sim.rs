@@ -482,13 +482,21 @@ async fn non_streaming_answer_waits_the_modelled_time() {
 #[tokio::test]
 async fn unknown_model_is_404_model_not_found() {
     let sim = start(SimArgs::default()).await;
-    let body = json!({"model": "gpt-nope", "messages": [{"role": "user", "content": "hi"}]});
-    for path in ["/v1/chat/completions", "/v1/embeddings"] {
-        let body = if path == "/v1/embeddings" {
-            json!({"model": "gpt-nope", "input": "hi"})
-        } else {
-            body.clone()
-        };
+    let requests = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-nope", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-nope", "prompt": "hi"}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "gpt-nope", "input": "hi"}),
+        ),
+    ];
+    for (path, body) in requests {
         let reply = post(&sim, path, &body).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
         let error = &reply.json()["error"];
