@@ -1,21 +1,34 @@
-# Benchmarks (issue 4): `make bench` runs the full side-by-side suite and
-# rewrites BENCHMARKS.md and benches/results/; `make bench-smoke` is the
-# few-second CI check of the harness. Other targets live in the main Makefile.
+# The two commands of the README: `make run` (the demo) and `make test`.
 CARGO ?= cargo
+
+.PHONY: run test build lint prereqs bench bench-smoke
+
+prereqs:
+	@scripts/prereqs.sh
+
+build: prereqs
+	$(CARGO) build --release --locked --bin switchyard
+
+run: build
+	scripts/demo.sh
+
+test: prereqs
+	$(CARGO) test --locked
+
+lint: prereqs
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Benchmarks (issue 4): the side-by-side suite (direct vs nginx vs switchyard, < 10 min on
+# 2 cores) rewrites BENCHMARKS.md and benches/results/; bench-smoke is its few-second check.
+# nginx, the floor every scenario compares against, is installed when missing.
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
-NGINX_INSTALL = apt-get install -y --no-install-recommends nginx
 
-.PHONY: bench bench-smoke
-
-# nginx is the floor every scenario compares against: installed when missing.
 bench:
-	@if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update && $(NGINX_INSTALL); \
-	  else echo "nginx is missing; install it with: sudo $(NGINX_INSTALL)"; exit 1; fi; \
-	fi
+	@scripts/prereqs.sh nginx
 	$(CARGO) build --release --locked --bins
 	$(TARGET_DIR)/release/switchyard-bench suite
 
-bench-smoke:
+bench-smoke: prereqs
 	$(CARGO) build --locked --bins
 	$(TARGET_DIR)/debug/switchyard-bench smoke

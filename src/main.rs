@@ -2,6 +2,7 @@
 //! The `switchyard` command: run the gateway, check a policy, run a simulated model server, and
 //! drive a running gateway's admin API.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -92,6 +93,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Plain text when piped, so scripts can read `addr=...` from the log.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
         Command::Serve {

@@ -384,3 +384,68 @@ async fn failures_mid_stream_end_with_an_error_event() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_total_timeouts_end_streams_with_an_error_event() {
+    let slow = sim("slow", &["m"], |a| a.tpot_ms = 400).await;
+    let steady = sim("steady", &["m"], |a| a.tpot_ms = 50).await;
+    let policy = server_section("")
+        + &backend("slow", &slow.url(), "idle_timeout_ms = 150")
+        + &backend(
+            "steady",
+            &steady.url(),
+            "total_timeout_ms = 300\nmodel = \"m\"",
+        )
+        + &route("idle", &["m"], "none", &[("a", &["slow"], 100.0)])
+        + &route("total", &["total"], "none", &[("a", &["steady"], 100.0)]);
+    let gw = start_gateway(&policy);
+    let c = client();
+    let url = format!("{}/v1/chat/completions", gw.url());
+    let body = |m: &str| json!({"model": m, "stream": true, "max_tokens": 20, "messages": [{"role": "user", "content": "x"}]});
+    for (model, wanted) in [("m", "went silent"), ("total", "total_timeout_ms")] {
+        let started = Instant::now();
+        let s = post_stream(&c, &url, &body(model)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{model}: the timeout did not fire"
+        );
+        let events = s.events();
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some("[DONE]"),
+            "{model}: {events:?}"
+        );
+        let err: serde_json::Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(err["error"]["code"], "upstream_timeout", "{model}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(wanted),
+            "{model}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_at_max_inflight_is_skipped_then_503() {
+    let slow = sim("slow", &["m"], |a| a.stall_ms = 600).await;
+    let policy = server_section("")
+        + &backend("slow", &slow.url(), "max_inflight = 1")
+        + &route("r", &["m"], "none", &[("a", &["slow"], 100.0)]);
+    let gw = start_gateway(&policy);
+    let url = format!("{}/v1/chat/completions", gw.url());
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { post_json(&client(), &url, &chat("m", "one")).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = post_json(&client(), &url, &chat("m", "two")).await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "backends_saturated")
+    );
+    assert_eq!(first.await.unwrap(), 200);
+    let r = post_json(&client(), &url, &chat("m", "three")).await;
+    assert_eq!(
+        r.status, 200,
+        "the slot is free again once the first request ended"
+    );
+}

@@ -7,22 +7,22 @@ use crate::config::PolicyStore;
 
 /// `Ok` when the request carries the configured token. The variable is read at each call, so
 /// rotating the token needs no restart.
-pub fn check(session: &ServerSession, store: &PolicyStore) -> Result<(), Response<Vec<u8>>> {
+pub fn check(session: &ServerSession, store: &PolicyStore) -> Result<(), Box<Response<Vec<u8>>>> {
     let snapshot = store.current();
     let Some(var) = snapshot.policy.server.admin_token_env.as_deref() else {
-        return Err(super::error(
+        return Err(Box::new(super::error(
             StatusCode::FORBIDDEN,
             "changes through the admin API are disabled: set server.admin_token_env to the name of an environment variable holding the token",
             "admin_disabled",
-        ));
+        )));
     };
     let expected = std::env::var(var).unwrap_or_default();
     if expected.is_empty() {
-        return Err(super::error(
+        return Err(Box::new(super::error(
             StatusCode::FORBIDDEN,
             &format!("changes through the admin API are disabled: the environment variable {var} is not set"),
             "admin_disabled",
-        ));
+        )));
     }
     let given = session
         .req_header()
@@ -34,11 +34,11 @@ pub fn check(session: &ServerSession, store: &PolicyStore) -> Result<(), Respons
     if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
         Ok(())
     } else {
-        Err(super::error(
+        Err(Box::new(super::error(
             StatusCode::UNAUTHORIZED,
             "a valid `Authorization: Bearer <token>` header is required",
             "unauthorized",
-        ))
+        )))
     }
 }
 

@@ -63,13 +63,13 @@ impl AdminApp {
             }
             (Method::PUT, "/admin/config") => {
                 if let Err(denied) = auth::check(session, &self.store) {
-                    return denied;
+                    return *denied;
                 }
                 self.put_config(session, &query).await
             }
             (Method::POST, "/admin/rollback") => {
                 if let Err(denied) = auth::check(session, &self.store) {
-                    return denied;
+                    return *denied;
                 }
                 self.rollback(&query)
             }

@@ -73,8 +73,10 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 1)]
     pub retry_after_s: u64,
 
-    /// Extra delay before the first token of every model request; the
-    /// request counts as waiting (queued) meanwhile.
+    /// Hold every model request this long before generation starts:
+    /// nothing is sent meanwhile, not even the response head (unlike
+    /// `--ttft-ms`, which streams wait for after the head), and the request
+    /// counts as waiting (vLLM's queue) in `/metrics`.
     #[arg(long, default_value_t = 0)]
     pub stall_ms: u64,
 

@@ -123,8 +123,8 @@ impl PrefixCache {
 mod tests {
     use super::*;
 
-    /// A prompt of `blocks` distinct 4-token blocks (+1 token so every block
-    /// is cacheable), each block tagged with one of `tags`.
+    /// One 4-token block (16 bytes) per tag, plus a last token so that every
+    /// block is cacheable.
     fn prompt(tags: &[u8]) -> Vec<u8> {
         let mut p: Vec<u8> = tags.iter().flat_map(|&t| [t; 16]).collect();
         p.extend_from_slice(b"end.");

@@ -1,14 +1,37 @@
 //! The simulated OpenAI-compatible model server (`switchyard sim`).
 //!
 //! It stands in for vLLM-like backends in the demo, the gateway's tests and
-//! the benches: OpenAI endpoints (plain and SSE), `usage` with prefix-cache
-//! hits, vLLM's Prometheus metric names, a latency model, and fault
-//! injection, all configured by [`SimArgs`].
+//! the benches, so they run without GPUs yet exercise what real backends do:
+//! streaming, `usage` with prefix-cache hits, vLLM's metric names, latency,
+//! and failures.
 //!
-//! Where things live: the flags in `args`; the pure model (tokenizer,
-//! latency plan) in `model`, the prefix KV cache in `kv_cache`, generated
-//! text in `text`, the SSE event script in `stream`, fault decisions in
-//! `faults`; the wire format in `openai`; sockets and timing in `server`.
+//! ```text
+//! switchyard sim --listen 127.0.0.1:9101 --model llama-3.1-70b-instruct \
+//!     --ttft-ms 200 --prefill-us-per-token 50 --tpot-ms 30 --name v1
+//! curl -s localhost:9101/v1/chat/completions -d '{"model": "llama-3.1-70b-instruct",
+//!     "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": true}'
+//! ```
+//!
+//! - Endpoints: `POST /v1/chat/completions`, `/v1/completions` (plain and
+//!   SSE), `/v1/embeddings`; `GET /v1/models`, `/health`, `/metrics`.
+//! - Output is deterministic in the prompt and `--seed`; its length is the
+//!   request's `max_tokens` (default 16) capped by `--max-output-tokens`.
+//! - Tokens: 4 bytes of prompt text each; every generated word is one token.
+//! - Timing: the first token after `--ttft-ms` plus `--prefill-us-per-token`
+//!   for each prompt token not in the prefix cache, then one token per
+//!   `--tpot-ms`; a non-streaming answer waits for the last token.
+//! - Faults: `--error-rate`/`--error-status`, `--max-concurrency`,
+//!   `--stall-ms`, `--drop-after-events`, `--stream-error-after`.
+//! - Every response carries `x-sim-name`.
+//!
+//! In process, [`SimServer::start`] runs one on the caller's tokio runtime
+//! and records what it received, for tests that check what a gateway sent.
+//!
+//! Where things live: flags in `args`; the pure model in `model` (tokenizer,
+//! latency plan), `kv_cache` (prefix cache), `text` (generated text,
+//! embeddings), `stream` (the SSE event script) and `faults`; the wire
+//! format in `openai`; refusals in `error`; `/metrics` in `metrics`; sockets
+//! and timing in `server`.
 #![deny(unsafe_code)]
 
 mod args;

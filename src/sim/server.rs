@@ -265,10 +265,7 @@ impl SimState {
         Ok(response)
     }
 
-    async fn answer(
-        self: &Arc<Self>,
-        request: Request<Incoming>,
-    ) -> Result<Response<SimBody>, SimError> {
+    async fn answer(&self, request: Request<Incoming>) -> Result<Response<SimBody>, SimError> {
         let (parts, body) = request.into_parts();
         let body = Limited::new(body, MAX_BODY_BYTES)
             .collect()
@@ -343,7 +340,7 @@ impl SimState {
     }
 
     async fn generate(
-        self: &Arc<Self>,
+        &self,
         endpoint: Endpoint,
         generation: Generation,
     ) -> Result<Response<SimBody>, SimError> {
@@ -375,7 +372,6 @@ impl SimState {
         if !generation.stream {
             sleep_until(start + plan.total()).await;
             let text = completion_text(self.seed, &generation.prompt, completion_tokens);
-            drop(in_flight);
             return Ok(json_response(StatusCode::OK, meta.answer(&text, usage)));
         }
         let writer = SseWriter {
@@ -501,7 +497,13 @@ impl SseWriter {
                 },
             }),
             Event::Done => Bytes::from_static(openai::DONE_EVENT),
-            Event::Drop => return Some(Err(StreamDropped(self.events))),
+            Event::Drop => {
+                // hyper discards unflushed output when a body fails; yielding
+                // once lets it flush the events already written (it flushes
+                // whenever the body is pending), so the client sees them first.
+                tokio::task::yield_now().await;
+                return Some(Err(StreamDropped(self.events)));
+            }
         };
         self.events += 1;
         Some(Ok(Frame::data(data)))
