@@ -176,7 +176,7 @@ fn status_kind(s: StatusCode) -> &'static str {
         502 => "status_502",
         503 => "status_503",
         504 => "status_504",
-        400..=499 => "status_4xx",
+        401..=499 => "status_4xx",
         _ => "status_other",
     }
 }

@@ -820,10 +820,10 @@ fn swap_under_load(ctx: &Ctx) -> Result<ScenarioResult> {
         let swap: Option<Box<dyn Fn(u32) -> Result<()> + Sync + '_>> =
             match (t.kind, &stack.nginx, &stack.switchyard) {
                 (Kind::Nginx, Ok(n), _) => Some(Box::new(|i: u32| {
-                    n.reload(if i % 2 == 0 { &conf_b } else { &conf_a })
+                    n.reload(if i.is_multiple_of(2) { &conf_b } else { &conf_a })
                 })),
                 (Kind::Switchyard, _, Ok(sy)) => Some(Box::new(|i: u32| {
-                    let body = if i % 2 == 0 { &toml_b } else { &toml_a };
+                    let body = if i.is_multiple_of(2) { &toml_b } else { &toml_a };
                     let token = Some(ctx.env.token.as_str());
                     match blocking_request(
                         sy.admin,
@@ -1054,7 +1054,6 @@ fn shadow(ctx: &Ctx) -> Result<ScenarioResult> {
             }
         }
     }
-    drop(keep);
 
     let change = |proxy: &str| {
         let off = p99.get(&format!("{proxy}/off"))?;
