@@ -49,6 +49,9 @@ pub struct LoadSpec {
     pub stall: Duration,
     /// Per-request limit; also bounds how long the run may overrun.
     pub request_timeout: Duration,
+    /// Closed loop: connection `i` of `n` starts `ramp × i / n` after the
+    /// others, so long requests (streams) do not run in lock-step waves.
+    pub ramp: Duration,
 }
 
 impl LoadSpec {
@@ -65,6 +68,7 @@ impl LoadSpec {
             warmup: 2,
             stall: Duration::from_millis(40),
             request_timeout: Duration::from_secs(10),
+            ramp: Duration::ZERO,
         }
     }
 
@@ -259,10 +263,13 @@ pub async fn run(spec: LoadSpec) -> Recorder {
         Mode::Closed { .. } => {
             let budget = spec.max_requests.unwrap_or(u64::MAX);
             let deadline = start + spec.duration;
-            for mut conn in conns {
+            let n = conns.len() as u32;
+            for (i, mut conn) in conns.into_iter().enumerate() {
                 let (spec, issued) = (Arc::clone(&spec), Arc::clone(&issued));
+                let first = start + spec.ramp * i as u32 / n;
                 tasks.push(tokio::spawn(async move {
                     let mut rec = Recorder::default();
+                    tokio::time::sleep_until(first.into()).await;
                     while Instant::now() < deadline
                         && issued.fetch_add(1, Ordering::Relaxed) < budget
                     {

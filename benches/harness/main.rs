@@ -92,6 +92,9 @@ enum Cmd {
         prompt_bytes: usize,
         #[arg(long, default_value = "/v1/chat/completions")]
         path: String,
+        /// Closed loop: spread the connections' first requests over this long.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        ramp: Duration,
     },
 }
 
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
             stream,
             prompt_bytes,
             path,
+            ramp,
         } => {
             let Some(addr) = resolve(&addr) else {
                 eprintln!("cannot resolve {addr}");
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
             let mut spec = load::LoadSpec::new(addr, Bytes::from(body));
             spec.path = path;
             spec.stream = stream.is_some();
+            spec.ramp = ramp;
             spec.duration = duration;
             spec.mode = match rate {
                 Some(rate) => load::Mode::Open { rate, connections },

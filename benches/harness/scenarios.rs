@@ -388,9 +388,12 @@ fn added(reports: &BTreeMap<Kind, RunReport>, kind: Kind, q: Quantile) -> Option
     Some(proxy.at(q) - direct.at(q))
 }
 
+/// switchyard ÷ nginx; none when nginx's figure is not positive (an added
+/// latency within noise of zero has no meaningful ratio). A negative
+/// switchyard figure counts as 0.
 fn ratio(sy: Option<f64>, nginx: Option<f64>) -> Option<f64> {
     match (sy, nginx) {
-        (Some(s), Some(n)) if n.abs() > f64::EPSILON => Some(s / n),
+        (Some(s), Some(n)) if n > f64::EPSILON => Some(s.max(0.0) / n),
         _ => None,
     }
 }
@@ -575,6 +578,8 @@ fn throughput_ladder(ctx: &Ctx) -> Result<ScenarioResult> {
         let b = *best.get(&k)?;
         Some(if b >= ctx.p.ladder_max {
             format!("≥ {b:.0}")
+        } else if b == 0.0 {
+            format!("< {:.0}", ctx.p.ladder_start)
         } else {
             format!("{b:.0}")
         })
@@ -612,6 +617,8 @@ fn streaming(ctx: &Ctx) -> Result<ScenarioResult> {
         spec.duration = ctx.p.stream_duration;
         spec.warmup = 1;
         spec.request_timeout = Duration::from_secs(30);
+        spec.ramp =
+            Duration::from_millis(timing.ttft_ms + timing.tpot_ms * u64::from(ctx.p.stream_events));
         let (rec, r) = ctx.run(&t, spec);
         result.series.insert(
             format!("ttfe/{}", t.kind.name()),
@@ -820,10 +827,18 @@ fn swap_under_load(ctx: &Ctx) -> Result<ScenarioResult> {
         let swap: Option<Box<dyn Fn(u32) -> Result<()> + Sync + '_>> =
             match (t.kind, &stack.nginx, &stack.switchyard) {
                 (Kind::Nginx, Ok(n), _) => Some(Box::new(|i: u32| {
-                    n.reload(if i.is_multiple_of(2) { &conf_b } else { &conf_a })
+                    n.reload(if i.is_multiple_of(2) {
+                        &conf_b
+                    } else {
+                        &conf_a
+                    })
                 })),
                 (Kind::Switchyard, _, Ok(sy)) => Some(Box::new(|i: u32| {
-                    let body = if i.is_multiple_of(2) { &toml_b } else { &toml_a };
+                    let body = if i.is_multiple_of(2) {
+                        &toml_b
+                    } else {
+                        &toml_a
+                    };
                     let token = Some(ctx.env.token.as_str());
                     match blocking_request(
                         sy.admin,
