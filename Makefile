@@ -29,6 +29,7 @@ bench:
 	$(CARGO) build --release --locked --bins
 	$(TARGET_DIR)/release/switchyard-bench suite
 
-bench-smoke: prereqs
+bench-smoke:
+	@scripts/prereqs.sh nginx
 	$(CARGO) build --locked --bins
 	$(TARGET_DIR)/debug/switchyard-bench smoke
