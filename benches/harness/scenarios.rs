@@ -76,7 +76,7 @@ impl Params {
                 ttft_ms: 50,
                 tpot_ms: 20,
             },
-            stream_concurrency: 64,
+            stream_concurrency: 128,
             stream_duration: Duration::from_secs(8),
             body_sizes: &[4 << 10, 64 << 10, 400 << 10],
             body_duration: Duration::from_millis(1500),

@@ -101,17 +101,13 @@ fn escape(s: &str) -> String {
 }
 
 impl Chart {
-    fn bounds(&self, pick: impl Fn(&(f64, f64)) -> f64, scale: Scale) -> (f64, f64) {
+    /// Axis range covering every point (and, for y, the reference line).
+    fn bounds(&self, pick: impl Fn(&(f64, f64)) -> f64, scale: Scale, is_y: bool) -> (f64, f64) {
         let vals = self
             .series
             .iter()
             .flat_map(|(_, pts)| pts.iter().map(&pick))
-            .chain(
-                self.hline
-                    .iter()
-                    .map(|(y, _)| *y)
-                    .filter(|_| scale == Scale::Log),
-            )
+            .chain(self.hline.iter().map(|(y, _)| *y).filter(|_| is_y))
             .filter(|v| v.is_finite() && (scale == Scale::Linear || *v > 0.0));
         let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
             (lo.min(v), hi.max(v))
@@ -129,8 +125,8 @@ impl Chart {
     }
 
     pub fn render(&self) -> String {
-        let (x0, x1) = self.bounds(|p| p.0, self.x_scale);
-        let (y0, y1) = self.bounds(|p| p.1, self.y_scale);
+        let (x0, x1) = self.bounds(|p| p.0, self.x_scale, false);
+        let (y0, y1) = self.bounds(|p| p.1, self.y_scale, true);
         let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
         let px = |x: f64| {
             let (a, b) = (self.x_scale.map(x0), self.x_scale.map(x1));
@@ -282,5 +278,9 @@ mod tests {
         assert!(svg.contains("#16a34a"), "nginx keeps its colour");
         assert!(svg.contains("stroke-dasharray"), "the limit line is drawn");
         assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+        assert!(
+            svg.contains(">1k</text>") && !svg.contains(">100</text>"),
+            "the x axis spans the data's decade, not the limit line's"
+        );
     }
 }
