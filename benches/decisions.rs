@@ -1,0 +1,111 @@
+//! The per-request decisions and the policy swap, without sockets: what the
+//! gateway spends on a request before any byte goes upstream.
+//!
+//! - `facts/*`: body → `RequestFacts` (small chat body, 64 KiB prompt);
+//! - `decide/*`: route match + arm choice + backend order on the demo policy
+//!   (sticky by header, and a random draw);
+//! - `policy/*`: TOML → validated `Policy`, and a full validate + swap
+//!   through `PolicyStore::apply`.
+//!
+//! Run: `cargo bench --bench decisions`. The load harness (`switchyard-bench`)
+//! measures the whole request; these isolate the pure parts of it.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use http::HeaderMap;
+use switchyard::config::{parse_policy, PolicySource, PolicyStore};
+use switchyard::metrics::Metrics;
+use switchyard::routing::{decide, Endpoint, RequestFacts, BUCKETS};
+
+const DEMO: &str = include_str!("../routes/demo.toml");
+
+fn chat_body(prompt_bytes: usize) -> Vec<u8> {
+    let prompt = "lorem ipsum ".repeat(prompt_bytes / 12 + 1);
+    serde_json::json!({
+        "model": "llama-70b",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": &prompt[..prompt_bytes]},
+        ],
+        "max_tokens": 64,
+        "temperature": 0.2,
+        "stream": true,
+        "user": "u-42",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn facts(c: &mut Criterion) {
+    let mut g = c.benchmark_group("facts");
+    for (name, size) in [("parse_chat_small", 32), ("parse_chat_64k", 64 << 10)] {
+        let body = chat_body(size);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| RequestFacts::parse(Endpoint::ChatCompletions, std::hint::black_box(&body)))
+        });
+    }
+    g.finish();
+}
+
+fn decisions(c: &mut Criterion) {
+    let store = PolicyStore::new(DEMO, Arc::new(Metrics::default())).expect("demo policy is valid");
+    let snapshot = store.current();
+    let facts = RequestFacts::parse(Endpoint::ChatCompletions, &chat_body(32)).expect("parses");
+    let mut sticky = HeaderMap::new();
+    sticky.insert("x-user-id", "user-1234".parse().expect("header value"));
+    let anonymous = HeaderMap::new();
+    let mut g = c.benchmark_group("decide");
+    let mut draw = 0u32;
+    g.bench_function("sticky_header", |b| {
+        b.iter(|| {
+            draw = (draw + 7919) % BUCKETS;
+            decide(&snapshot, &facts, &sticky, draw, draw as usize)
+        })
+    });
+    g.bench_function("random_draw", |b| {
+        b.iter(|| {
+            draw = (draw + 7919) % BUCKETS;
+            decide(&snapshot, &facts, &anonymous, draw, draw as usize)
+        })
+    });
+    g.finish();
+}
+
+fn policy(c: &mut Criterion) {
+    // Two texts that differ, so every apply validates and swaps (an identical
+    // text is short-circuited as unchanged).
+    let a = DEMO
+        .replace("weight = 95", "weight = 90")
+        .replace("weight = 5", "weight = 10");
+    let b = DEMO.to_owned();
+    let mut g = c.benchmark_group("policy");
+    g.bench_function("validate_demo", |bench| {
+        bench.iter(|| parse_policy(std::hint::black_box(&a)).expect("valid"))
+    });
+    let store = PolicyStore::new(&b, Arc::new(Metrics::default())).expect("demo policy is valid");
+    let mut flip = false;
+    g.bench_function("validate_and_swap", |bench| {
+        bench.iter_batched(
+            || {
+                flip = !flip;
+                if flip {
+                    &a
+                } else {
+                    &b
+                }
+            },
+            |text| {
+                store
+                    .apply(text, PolicySource::Api, "bench")
+                    .expect("valid swap")
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, facts, decisions, policy);
+criterion_main!(benches);
