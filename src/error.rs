@@ -11,6 +11,8 @@ pub enum GatewayError {
     MissingModel,
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     UnknownModel(String),
+    #[error("Route `{route}` has no arm named `{arm}` (from the x-switchyard-arm header).")]
+    UnknownArm { route: String, arm: String },
     #[error("Invalid URL ({method} {path}).")]
     UnknownPath { method: String, path: String },
     #[error("Method {method} is not allowed on {path}.")]
@@ -36,7 +38,8 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_)
             | GatewayError::MissingModel
-            | GatewayError::BodyRead(_) => 400,
+            | GatewayError::BodyRead(_)
+            | GatewayError::UnknownArm { .. } => 400,
             GatewayError::UnknownModel(_) | GatewayError::UnknownPath { .. } => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTimeout(_) => 408,
@@ -55,6 +58,7 @@ impl GatewayError {
             GatewayError::InvalidJson(_) => "invalid_json",
             GatewayError::MissingModel => "missing_model",
             GatewayError::UnknownModel(_) => "model_not_found",
+            GatewayError::UnknownArm { .. } => "unknown_arm",
             GatewayError::UnknownPath { .. } => "unknown_url",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::BodyTooLarge { .. } => "request_too_large",

@@ -81,6 +81,12 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Show shadow mirroring per route: mirrored, dropped, errors, agreement, similarity,
+    /// latency and TTFT of shadow vs primary, cost.
+    Shadow {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Run a simulated OpenAI-compatible model server (latency model, prefix KV cache, fault
     /// injection) for demos, tests and benches.
     Sim(switchyard::sim::SimArgs),
@@ -128,6 +134,7 @@ fn main() -> ExitCode {
             admin(&target, "POST", &path, None, true)
         }
         Command::History { target } => admin(&target, "GET", "/admin/config/history", None, false),
+        Command::Shadow { target } => admin(&target, "GET", "/admin/shadow", None, false),
         Command::Sim(args) => match switchyard::sim::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("sim: {e}")),

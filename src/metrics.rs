@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::shadow::ShadowStats;
+
 /// Upper bounds (seconds) of the latency buckets: from sub-millisecond proxy answers to long
 /// generations.
-const BOUNDS: [f64; 16] = [
+pub const BOUNDS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
@@ -100,6 +102,7 @@ impl ArmStats {
 #[derive(Default)]
 pub struct Metrics {
     arms: Mutex<BTreeMap<(String, String), Arc<ArmStats>>>,
+    shadows: Mutex<BTreeMap<String, Arc<ShadowStats>>>,
     /// Requests answered by the gateway itself with an error, by error code.
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     pub policy_version: AtomicU64,
@@ -115,6 +118,20 @@ impl Metrics {
             .entry((route.to_owned(), arm.to_owned()))
             .or_default()
             .clone()
+    }
+
+    /// The shadow series of `route`, created on first use.
+    pub fn shadow(&self, route: &str) -> Arc<ShadowStats> {
+        self.shadows.lock().entry(route.to_owned()).or_default().clone()
+    }
+
+    /// Every route's shadow series, by route name.
+    pub fn shadows(&self) -> Vec<(String, Arc<ShadowStats>)> {
+        self.shadows
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Counts a request the gateway refused before any backend saw it.
@@ -182,6 +199,9 @@ impl Metrics {
             for ((route, arm), s) in &arms {
                 pick(s).render(&mut out, name, &format!("route=\"{route}\",arm=\"{arm}\""));
             }
+        }
+        for (route, shadow) in self.shadows() {
+            shadow.render(&mut out, &route);
         }
         let _ = writeln!(
             out,

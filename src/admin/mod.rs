@@ -61,6 +61,7 @@ impl AdminApp {
                     .collect();
                 json_response(StatusCode::OK, &json!({"versions": entries}))
             }
+            (Method::GET, "/admin/shadow") => self.shadow_report(),
             (Method::PUT, "/admin/config") => {
                 if let Err(denied) = auth::check(session, &self.store) {
                     return *denied;
@@ -92,6 +93,40 @@ impl AdminApp {
                 "unknown_url",
             ),
         }
+    }
+
+    /// Per route: the running shadow configuration (if any) and everything mirrored so far
+    /// (figures outlive policy versions; a route that stopped mirroring keeps its history).
+    fn shadow_report(&self) -> Response<Vec<u8>> {
+        let snapshot = self.store.current();
+        let routes: Vec<_> = self
+            .store
+            .metrics()
+            .shadows()
+            .into_iter()
+            .map(|(route, stats)| {
+                let spec = snapshot
+                    .policy
+                    .routes
+                    .iter()
+                    .find(|r| r.name == route)
+                    .and_then(|r| r.shadow.as_ref());
+                let mut report = stats.report();
+                report["route"] = json!(route);
+                report["shadow"] = match spec {
+                    Some(s) => json!({
+                        "backend": snapshot.policy.backends[s.backend].name,
+                        "percent": f64::from(s.percent_bp) / 100.0,
+                        "max_inflight": s.max_inflight,
+                        "timeout_ms": s.timeout.as_millis() as u64,
+                        "mirror_streaming": s.mirror_streaming,
+                    }),
+                    None => serde_json::Value::Null,
+                };
+                report
+            })
+            .collect();
+        json_response(StatusCode::OK, &json!({"routes": routes}))
     }
 
     fn get_config(&self, query: &str) -> Response<Vec<u8>> {

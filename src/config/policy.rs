@@ -79,4 +79,27 @@ pub struct RouteSpec {
     pub sticky: StickyKey,
     pub salt: String,
     pub arms: ArmTable,
+    /// Blue-green: the set whose arms take traffic.
+    pub active_set: Option<String>,
+    pub allow_arm_override: bool,
+    pub shadow: Option<ShadowSpec>,
+}
+
+pub const DEFAULT_SHADOW_MAX_INFLIGHT: u64 = 32;
+pub const DEFAULT_SHADOW_TIMEOUT_MS: u64 = 60_000;
+
+/// Mirroring of a route's traffic to a backend nobody sees the answers of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowSpec {
+    /// Index into the policy's backends.
+    pub backend: usize,
+    /// Share of requests mirrored, in basis points.
+    pub percent_bp: u32,
+    /// Model name sent to the shadow; `None` falls back to the backend's own rewrite.
+    pub upstream_model: Option<String>,
+    /// Mirrored requests in flight at most; beyond it copies are dropped and counted.
+    pub max_inflight: u32,
+    /// The whole shadow exchange, streaming included.
+    pub timeout: Duration,
+    pub mirror_streaming: bool,
 }

@@ -61,14 +61,34 @@ pub struct RawRoute {
     pub sticky: Option<String>,
     /// Bucketing salt; defaults to the route's name so buckets survive unrelated edits.
     pub salt: Option<String>,
+    /// Blue-green: the arm set that takes traffic; arms of other sets stand by.
+    pub active: Option<String>,
+    /// Lets a request force an arm with `x-switchyard-arm: NAME` (QA). Off by default.
+    pub allow_arm_override: Option<bool>,
     #[serde(default)]
     pub arms: Vec<RawArm>,
+    pub shadow: Option<RawShadow>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub backend: String,
+    pub percent: f64,
+    /// Model name sent to the shadow backend (else the backend's own `model` rewrite applies).
+    pub model: Option<String>,
+    pub max_inflight: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// Whether streaming requests are mirrored too (default true).
+    pub mirror_streaming: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawArm {
     pub name: String,
+    /// Blue-green set this arm belongs to (with the route's `active`).
+    pub set: Option<String>,
     #[serde(default)]
     pub backends: Vec<String>,
     pub weight: f64,

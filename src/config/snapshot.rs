@@ -12,6 +12,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::policy::{Policy, RouteSpec};
 use crate::metrics::{ArmStats, Metrics};
+use crate::shadow::ShadowStats;
 
 /// Requests in flight to one backend. Shared by every snapshot that names the same backend
 /// (same name and address), so load-aware choice sees requests begun under older versions.
@@ -75,6 +76,8 @@ pub struct PolicySnapshot {
     pub loads: Vec<Arc<BackendLoad>>,
     /// Parallel to `policy.routes`, then to each route's arms.
     pub arm_stats: Vec<Vec<Arc<ArmStats>>>,
+    /// Parallel to `policy.routes`: the shadow series of routes that mirror.
+    pub shadow_stats: Vec<Option<Arc<ShadowStats>>>,
     model_index: HashMap<String, usize>,
 }
 
@@ -108,8 +111,14 @@ impl PolicySnapshot {
                     .collect()
             })
             .collect();
+        let shadow_stats = policy
+            .routes
+            .iter()
+            .map(|r| r.shadow.as_ref().map(|_| metrics.shadow(&r.name)))
+            .collect();
         PolicySnapshot {
             version,
+            shadow_stats,
             content_hash: content_hash(&source),
             policy,
             source,

@@ -7,8 +7,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::policy::*;
-use super::raw::{RawBackend, RawPolicy, RawRoute};
-use crate::routing::{ArmTable, StickyKey, BUCKETS};
+use super::raw::{RawBackend, RawPolicy, RawRoute, RawShadow};
+use crate::routing::{ArmTable, NewArm, StickyKey, BUCKETS};
 
 /// One problem in a policy, at a field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,9 +341,22 @@ fn validate_route(
     if r.arms.is_empty() {
         errors.push(format!("{path}.arms"), "at least one arm is required");
     }
+    let sets_used = r.arms.iter().any(|a| a.set.is_some());
+    match &r.active {
+        Some(active) if !r.arms.iter().any(|a| a.set.as_ref() == Some(active)) => errors.push(
+            format!("{path}.active"),
+            format!("no arm belongs to set `{active}`"),
+        ),
+        None if sets_used => errors.push(
+            format!("{path}.active"),
+            "arms name a `set`, so the route must name its active set",
+        ),
+        _ => {}
+    }
     let mut arm_names = HashSet::new();
     let mut arms = Vec::with_capacity(r.arms.len());
-    let mut total_bp: u64 = 0;
+    // Weights sum to 100 within each set (one implicit set without blue-green).
+    let mut set_totals: Vec<(Option<&str>, u64)> = Vec::new();
     for (j, a) in r.arms.iter().enumerate() {
         let apath = format!("{path}.arms[{j}]");
         if a.name.is_empty() {
@@ -352,6 +365,12 @@ fn validate_route(
             errors.push(
                 format!("{apath}.name"),
                 format!("duplicate arm name `{}`", a.name),
+            );
+        }
+        if r.active.is_some() && a.set.is_none() {
+            errors.push(
+                format!("{apath}.set"),
+                "the route names an active set, so every arm must name its set",
             );
         }
         let bp = weight_bp(a.weight);
@@ -364,7 +383,11 @@ fn validate_route(
                 ),
             );
         }
-        total_bp += u64::from(bp.unwrap_or(0));
+        let set = a.set.as_deref();
+        match set_totals.iter_mut().find(|(s, _)| *s == set) {
+            Some((_, total)) => *total += u64::from(bp.unwrap_or(0)),
+            None => set_totals.push((set, u64::from(bp.unwrap_or(0)))),
+        }
         if a.backends.is_empty() {
             errors.push(
                 format!("{apath}.backends"),
@@ -386,23 +409,93 @@ fn validate_route(
                 ),
             }
         }
-        arms.push((a.name.clone(), indexes, bp.unwrap_or(0)));
+        arms.push(NewArm {
+            name: a.name.clone(),
+            backends: indexes,
+            weight_bp: bp.unwrap_or(0),
+            set: a.set.clone(),
+            active: r.active.is_none() || a.set == r.active,
+        });
     }
-    if !r.arms.is_empty() && total_bp != u64::from(BUCKETS) {
-        errors.push(
-            format!("{path}.arms"),
-            format!(
-                "weights sum to {}, they must sum to 100",
-                total_bp as f64 / 100.0
-            ),
-        );
+    for (set, total) in &set_totals {
+        if *total != u64::from(BUCKETS) {
+            let whose = match set {
+                Some(set) => format!("weights of set `{set}`"),
+                None => "weights".to_owned(),
+            };
+            errors.push(
+                format!("{path}.arms"),
+                format!(
+                    "{whose} sum to {}, they must sum to 100",
+                    *total as f64 / 100.0
+                ),
+            );
+        }
     }
+    let shadow = r
+        .shadow
+        .as_ref()
+        .and_then(|s| validate_shadow(&format!("{path}.shadow"), s, backend_index, errors));
     Some(RouteSpec {
         name: r.name.clone(),
         models: r.models.clone(),
         sticky: sticky?,
         salt: r.salt.clone().unwrap_or_else(|| r.name.clone()),
         arms: ArmTable::new(arms),
+        active_set: r.active.clone(),
+        allow_arm_override: r.allow_arm_override.unwrap_or(false),
+        shadow,
+    })
+}
+
+fn validate_shadow(
+    path: &str,
+    s: &RawShadow,
+    backend_index: &HashMap<&str, usize>,
+    errors: &mut Errors,
+) -> Option<ShadowSpec> {
+    let backend = backend_index.get(s.backend.as_str()).copied();
+    if backend.is_none() {
+        errors.push(
+            format!("{path}.backend"),
+            format!("unknown backend `{}`", s.backend),
+        );
+    }
+    let percent_bp = weight_bp(s.percent);
+    if percent_bp.is_none() {
+        errors.push(
+            format!("{path}.percent"),
+            format!(
+                "{} must be a percentage between 0 and 100 with at most two decimals",
+                s.percent
+            ),
+        );
+    }
+    if matches!(&s.model, Some(m) if m.is_empty()) {
+        errors.push(format!("{path}.model"), "must not be empty when given");
+    }
+    let max_inflight = positive(
+        &format!("{path}.max_inflight"),
+        s.max_inflight,
+        DEFAULT_SHADOW_MAX_INFLIGHT,
+        errors,
+    );
+    if max_inflight > u64::from(u32::MAX) {
+        errors.push(format!("{path}.max_inflight"), "is too large");
+    }
+    let timeout = Duration::from_millis(positive(
+        &format!("{path}.timeout_ms"),
+        s.timeout_ms,
+        DEFAULT_SHADOW_TIMEOUT_MS,
+        errors,
+    ));
+    Some(ShadowSpec {
+        backend: backend?,
+        percent_bp: percent_bp?,
+        upstream_model: s.model.clone(),
+        max_inflight: max_inflight.min(u64::from(u32::MAX)) as u32,
+        timeout,
+        mirror_streaming: s.mirror_streaming.unwrap_or(true),
     })
 }
 
@@ -535,6 +628,74 @@ mod tests {
         assert!(errors_of(&text)
             .iter()
             .any(|e| e == "routes[1].models[0]: model `m` is already served by route `chat`"));
+    }
+
+    const BLUE_GREEN: &str = r#"
+        [[backends]]
+        name = "v1"
+        url = "http://127.0.0.1:9101"
+        [[backends]]
+        name = "v2"
+        url = "http://127.0.0.1:9102"
+        [[routes]]
+        name = "chat"
+        models = ["m"]
+        active = "blue"
+        allow_arm_override = true
+          [[routes.arms]]
+          name = "blue"
+          set = "blue"
+          backends = ["v1"]
+          weight = 100
+          [[routes.arms]]
+          name = "green"
+          set = "green"
+          backends = ["v2"]
+          weight = 95
+          [[routes.arms]]
+          name = "green-canary"
+          set = "green"
+          backends = ["v1"]
+          weight = 5
+          [routes.shadow]
+          backend = "v2"
+          percent = 12.5
+    "#;
+
+    #[test]
+    fn blue_green_sets_and_shadow() {
+        let p = parse_policy(BLUE_GREEN).expect("valid");
+        let r = &p.routes[0];
+        assert_eq!(r.active_set.as_deref(), Some("blue"));
+        assert!(r.allow_arm_override);
+        let active: Vec<bool> = r.arms.arms().iter().map(|a| a.active).collect();
+        assert_eq!(active, vec![true, false, false]);
+        let shadow = r.shadow.as_ref().unwrap();
+        assert_eq!((shadow.backend, shadow.percent_bp, shadow.max_inflight), (1, 1250, 32));
+        assert!(shadow.mirror_streaming);
+        let green = parse_policy(&BLUE_GREEN.replace("active = \"blue\"", "active = \"green\"")).unwrap();
+        let active: Vec<bool> = green.routes[0].arms.arms().iter().map(|a| a.active).collect();
+        assert_eq!(active, vec![false, true, true]);
+    }
+
+    #[test]
+    fn blue_green_and_shadow_errors() {
+        let errs = errors_of(
+            &BLUE_GREEN
+                .replace("active = \"blue\"", "active = \"purple\"")
+                .replace("weight = 5\n", "weight = 6\n")
+                .replace("backend = \"v2\"\n          percent = 12.5", "backend = \"v9\"\n          percent = 101"),
+        );
+        for e in [
+            "routes[0].active: no arm belongs to set `purple`",
+            "routes[0].arms: weights of set `green` sum to 101, they must sum to 100",
+            "routes[0].shadow.backend: unknown backend `v9`",
+            "routes[0].shadow.percent: 101 must be a percentage",
+        ] {
+            assert!(errs.iter().any(|got| got.starts_with(e)), "missing {e:?} in {errs:#?}");
+        }
+        let errs = errors_of(&BLUE_GREEN.replace("active = \"blue\"", ""));
+        assert!(errs.iter().any(|e| e.starts_with("routes[0].active: arms name a `set`")), "{errs:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::config::{InFlightGuard, PolicySnapshot};
 use crate::metrics::Outcome;
 use crate::routing::Decision;
+use crate::shadow::{ExchangeRecord, PrimaryLink};
 
 pub struct RequestCtx {
     pub started: Instant,
@@ -22,6 +23,9 @@ pub struct RequestCtx {
     /// Error code when the gateway answered the request itself.
     pub rejected: Option<&'static str>,
     pub(super) in_flight: Option<InFlightGuard>,
+    /// Set when the request is mirrored: the shadow task waits for the primary's record.
+    pub(super) shadow_link: Option<PrimaryLink>,
+    pub(super) primary_record: Option<ExchangeRecord>,
 }
 
 impl RequestCtx {
@@ -36,6 +40,8 @@ impl RequestCtx {
             outcome: None,
             rejected: None,
             in_flight: None,
+            shadow_link: None,
+            primary_record: None,
         }
     }
 }

@@ -6,29 +6,29 @@
 //! fresh one. Once the response header has been written downstream the exchange is committed;
 //! a failure after that ends an SSE stream with an error event, or cuts a plain response short.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header;
 use pingora::connectors::http::Connector;
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::client::HttpSession;
+use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
+use super::capture::ResponseCapture;
 use super::ctx::RequestCtx;
-use super::sse::{error_event, SseScanner};
+use super::sse::error_event;
+use super::upstream::{attempt, is_hop_header, upstream_request, Answer, AttemptError};
 use crate::config::{BackendSpec, PolicySnapshot};
 use crate::error::GatewayError;
 use crate::metrics::Outcome;
 use crate::routing::{rewrite_model, Decision, RequestFacts};
+use crate::shadow::{compare, ExchangeRecord, ShadowJob};
 
 /// How long an idle upstream connection stays in the pool. Below uvicorn's 5 s keep-alive
 /// (vLLM's server) so the gateway usually drops a connection before the backend does.
 const POOL_IDLE: Duration = Duration::from_secs(4);
-/// Attempts on one backend when pooled connections turn out to be stale.
-const STALE_RETRIES: usize = 3;
 
 /// Why an exchange ended without a normal response.
 pub enum Failure {
@@ -44,115 +44,11 @@ impl From<GatewayError> for Failure {
     }
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the ones the gateway
-/// sets itself.
-fn is_hop_header(name: &header::HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-fn upstream_request(
-    client: &RequestHeader,
-    backend: &BackendSpec,
-    body_len: usize,
-    client_addr: Option<String>,
-) -> pingora::Result<RequestHeader> {
-    let path = client
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), None)?;
-    for (name, value) in client.headers.iter() {
-        if is_hop_header(name)
-            || name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::EXPECT
-        {
-            continue;
-        }
-        req.append_header(name.clone(), value.clone())?;
-    }
-    req.insert_header(header::HOST, backend.authority.as_str())?;
-    req.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
-    if let Some(addr) = client_addr {
-        req.append_header("x-forwarded-for", addr)?;
-    }
-    Ok(req)
-}
-
-/// The upstream leg after the response header arrived.
-struct Answer {
-    http: HttpSession,
-    peer: HttpPeer,
-}
-
-enum AttemptError {
-    /// No connection could be made: safe to try another backend.
-    Connect(Box<Error>),
-    Timeout(&'static str),
-    Failed(Box<Error>),
-}
-
-async fn attempt(
-    connector: &Connector,
-    backend: &BackendSpec,
-    request: &RequestHeader,
-    body: &Bytes,
-) -> Result<Answer, AttemptError> {
-    let mut peer = HttpPeer::new(backend.addr, false, String::new());
-    peer.options.connection_timeout = Some(backend.timeouts.connect);
-    peer.options.total_connection_timeout = Some(backend.timeouts.connect);
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        let (mut http, reused) = connector
-            .get_http_session(&peer)
-            .await
-            .map_err(AttemptError::Connect)?;
-        let sent = async {
-            http.write_request_header(Box::new(request.clone())).await?;
-            http.write_request_body(body.clone(), true).await?;
-            http.finish_request_body().await
-        };
-        let result = match sent.await {
-            Ok(()) => {
-                tokio::time::timeout(backend.timeouts.first_byte, http.read_response_header())
-                    .await
-                    .map_err(|_| {
-                        AttemptError::Timeout("no response header within first_byte_timeout_ms")
-                    })
-            }
-            Err(e) => Ok(Err(e)),
-        };
-        match result {
-            Ok(Ok(())) => return Ok(Answer { http, peer }),
-            // The backend closed a pooled connection before reading our request: nothing was
-            // processed, so a fresh connection is safe.
-            Ok(Err(e)) if reused && tries < STALE_RETRIES => {
-                tracing::debug!(backend = %backend.name, error = %e, "stale pooled connection, retrying");
-            }
-            Ok(Err(e)) => return Err(AttemptError::Failed(e)),
-            Err(timeout) => return Err(timeout),
-        }
-    }
-}
-
 /// Sends the request to the first reachable backend of the decision and relays the answer.
 pub async fn forward(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    connector: &Connector,
+    connector: &Arc<Connector>,
     snapshot: &PolicySnapshot,
     decision: &Decision,
     facts: &RequestFacts,
@@ -160,6 +56,26 @@ pub async fn forward(
 ) -> Result<(), Failure> {
     let route = &snapshot.policy.routes[decision.route];
     let arm = &route.arms.arms()[decision.arm];
+    // The copy leaves only once the primary request is on the wire (`on_sent` below).
+    let mut shadow = None;
+    if decision.mirror {
+        if let Some((job, link)) = ShadowJob::prepare(
+            connector,
+            snapshot,
+            decision.route,
+            facts,
+            session.req_header(),
+            &body,
+        ) {
+            shadow = Some(job);
+            ctx.shadow_link = Some(link);
+        }
+    }
+    let mut on_sent = || {
+        if let Some(job) = shadow.take() {
+            job.launch();
+        }
+    };
     let client_addr = session.client_addr().map(|a| match a.as_inet() {
         Some(inet) => inet.ip().to_string(),
         None => a.to_string(),
@@ -180,11 +96,11 @@ pub async fn forward(
             client_addr.clone(),
         )
         .map_err(|e| GatewayError::UpstreamFailed(e.to_string()))?;
-        match attempt(connector, backend, &request, &upstream_body).await {
+        match attempt(connector, backend, &request, &upstream_body, &mut on_sent).await {
             Ok(answer) => {
                 ctx.backend = Some(b);
                 ctx.in_flight = Some(guard);
-                return relay(session, ctx, connector, snapshot, decision, backend, answer).await;
+                return relay(session, ctx, connector, snapshot, decision, facts, backend, answer).await;
             }
             Err(AttemptError::Connect(e)) => {
                 tracing::warn!(route = %route.name, arm = %arm.name, backend = %backend.name, error = %e, "connect failed, trying the arm's next backend");
@@ -214,12 +130,14 @@ pub async fn forward(
 }
 
 /// Writes the backend's answer downstream as it arrives.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
     connector: &Connector,
     snapshot: &PolicySnapshot,
     decision: &Decision,
+    facts: &RequestFacts,
     backend: &BackendSpec,
     answer: Answer,
 ) -> Result<(), Failure> {
@@ -267,7 +185,7 @@ async fn relay(
         .map_err(Failure::Abort)?;
 
     let deadline = ctx.started + backend.timeouts.total;
-    let mut scanner = is_sse.then(SseScanner::default);
+    let mut capture = ResponseCapture::new(is_sse, ctx.shadow_link.is_some());
     let failure = loop {
         let wait = backend
             .timeouts
@@ -276,9 +194,7 @@ async fn relay(
         match tokio::time::timeout(wait, http.read_response_body()).await {
             Ok(Ok(Some(chunk))) => {
                 ctx.first_byte.get_or_insert_with(|| ctx.started.elapsed());
-                if let Some(s) = scanner.as_mut() {
-                    s.feed(&chunk);
-                }
+                capture.feed(&chunk);
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     // The client went away; the upstream connection is dropped, not pooled.
                     ctx.outcome = Some(Outcome::Error);
@@ -310,12 +226,12 @@ async fn relay(
         }
     };
 
-    match failure {
+    let result = match failure {
         None => {
             ctx.outcome = Some(match status {
                 500.. => Outcome::Error,
                 400..=499 => Outcome::ClientError,
-                _ if scanner.as_ref().is_some_and(|s| !s.succeeded()) => Outcome::Error,
+                _ if capture.stream_failed() => Outcome::Error,
                 _ => Outcome::Success,
             });
             session
@@ -345,5 +261,33 @@ async fn relay(
                 )))
             }
         }
+    };
+    if ctx.shadow_link.is_some() {
+        ctx.primary_record = Some(primary_record(ctx, facts, backend, capture));
+    }
+    result
+}
+
+/// The primary's side of a mirrored exchange, for the shadow comparison.
+fn primary_record(
+    ctx: &RequestCtx,
+    facts: &RequestFacts,
+    backend: &BackendSpec,
+    capture: ResponseCapture,
+) -> ExchangeRecord {
+    let captured = capture.finish();
+    let prompt_tokens = captured
+        .prompt_tokens
+        .unwrap_or(facts.prompt_tokens_estimate);
+    let output_tokens = captured.output_tokens.unwrap_or(0);
+    ExchangeRecord {
+        status: ctx.status,
+        ok: ctx.outcome == Some(Outcome::Success),
+        latency: ctx.started.elapsed(),
+        ttft: ctx.first_byte,
+        prompt_tokens,
+        output_tokens,
+        text: captured.text,
+        cost_usd: compare::cost(backend.price.as_ref(), prompt_tokens, output_tokens),
     }
 }

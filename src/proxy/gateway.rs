@@ -18,11 +18,12 @@ use super::ctx::RequestCtx;
 use super::forward::{forward, Failure};
 use crate::config::PolicyStore;
 use crate::error::GatewayError;
-use crate::routing::{decide, Endpoint, RequestFacts, BUCKETS};
+use crate::shadow::ExchangeRecord;
+use crate::routing::{decide, Draws, Endpoint, RequestFacts, BUCKETS};
 
 pub struct Gateway {
     store: Arc<PolicyStore>,
-    connector: Connector,
+    connector: Arc<Connector>,
     rotation: AtomicUsize,
 }
 
@@ -30,7 +31,7 @@ impl Gateway {
     pub fn new(store: Arc<PolicyStore>) -> Gateway {
         Gateway {
             store,
-            connector: Connector::new(None),
+            connector: Arc::new(Connector::new(None)),
             rotation: AtomicUsize::new(0),
         }
     }
@@ -64,15 +65,15 @@ impl Gateway {
             crate::routing::FactsError::Malformed(m) => GatewayError::InvalidJson(m),
             crate::routing::FactsError::MissingModel => GatewayError::MissingModel,
         })?;
-        let random_bucket = rand::rng().random_range(0..BUCKETS);
-        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let decision = decide(
-            &snapshot,
-            &facts,
-            &session.req_header().headers,
-            random_bucket,
-            rotation,
-        )?;
+        let draws = {
+            let mut rng = rand::rng();
+            Draws {
+                arm_bucket: rng.random_range(0..BUCKETS),
+                shadow_bucket: rng.random_range(0..BUCKETS),
+                rotation: self.rotation.fetch_add(1, Ordering::Relaxed),
+            }
+        };
+        let decision = decide(&snapshot, &facts, &session.req_header().headers, draws)?;
         ctx.decision = Some(decision.clone());
         let arm_stats = &snapshot.arm_stats[decision.route][decision.arm];
         arm_stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -164,6 +165,13 @@ impl ProxyHttp for Gateway {
     /// Called when the request is over, whatever happened: records its metrics.
     async fn logging(&self, _session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.in_flight.take();
+        if let Some(link) = ctx.shadow_link.take() {
+            link.send(ctx.primary_record.take().unwrap_or_else(|| ExchangeRecord {
+                status: ctx.status,
+                latency: ctx.started.elapsed(),
+                ..ExchangeRecord::default()
+            }));
+        }
         let (Some(snapshot), Some(decision)) = (&ctx.snapshot, &ctx.decision) else {
             if let Some(code) = ctx.rejected {
                 self.store.metrics().record_rejected(code);

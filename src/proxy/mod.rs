@@ -9,10 +9,12 @@
 //! SSE error detection in one place.
 
 mod body;
+pub mod capture;
 mod ctx;
 mod forward;
 mod gateway;
 pub mod sse;
+pub(crate) mod upstream;
 
 pub use ctx::RequestCtx;
 pub use gateway::Gateway;

@@ -5,11 +5,17 @@
 //! remembers whether the stream ended properly, whether it carried an error, and the usage
 //! figures of the final chunk. Its buffer holds at most one partial event, bounded by
 //! [`MAX_EVENT_BYTES`]; a longer event is skipped (and counted), never buffered without end.
+//!
+//! A scanner made with [`SseScanner::capturing`] also keeps the generated text (the `delta`
+//! contents of chat chunks, the `text` of completion chunks), up to [`MAX_CAPTURE_BYTES`], for
+//! comparing a primary answer with its shadow.
 
 use memchr::memmem;
 
 /// Longest single event the scanner will look inside.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// Most generated text a capturing scanner keeps; the rest is counted, not stored.
+pub const MAX_CAPTURE_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -27,9 +33,21 @@ pub struct SseScanner {
     pub saw_done: bool,
     pub saw_error: bool,
     pub usage: Option<Usage>,
+    /// Generated text, when capturing.
+    pub text: Option<String>,
+    /// Events that carried generated text (a token count when the backend sent no usage).
+    pub content_events: u64,
 }
 
 impl SseScanner {
+    /// A scanner that also keeps the generated text.
+    pub fn capturing() -> SseScanner {
+        SseScanner {
+            text: Some(String::new()),
+            ..SseScanner::default()
+        }
+    }
+
     /// Feeds the next bytes of the stream, in any chunking. Events end at a blank line
     /// (`\n\n`, as vLLM, TGI and SGLang write them).
     pub fn feed(&mut self, bytes: &[u8]) {
@@ -74,7 +92,8 @@ impl SseScanner {
             let data = data.strip_prefix(b" ").unwrap_or(data);
             if data == b"[DONE]" {
                 self.saw_done = true;
-            } else if memmem::find(data, b"\"error\"").is_some()
+            } else if self.text.is_some()
+                || memmem::find(data, b"\"error\"").is_some()
                 || memmem::find(data, b"\"usage\"").is_some()
             {
                 self.inspect_json(data);
@@ -87,6 +106,17 @@ impl SseScanner {
         struct Chunk {
             error: Option<serde::de::IgnoredAny>,
             usage: Option<WireUsage>,
+            #[serde(default)]
+            choices: Vec<Choice>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Choice {
+            delta: Option<Delta>,
+            text: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Delta {
+            content: Option<String>,
         }
         #[derive(serde::Deserialize)]
         struct WireUsage {
@@ -103,6 +133,20 @@ impl SseScanner {
         };
         if chunk.error.is_some() {
             self.saw_error = true;
+        }
+        if let Some(text) = self.text.as_mut() {
+            let piece = chunk.choices.into_iter().find_map(|c| {
+                c.delta
+                    .and_then(|d| d.content)
+                    .or(c.text)
+                    .filter(|t| !t.is_empty())
+            });
+            if let Some(piece) = piece {
+                self.content_events += 1;
+                if text.len() + piece.len() <= MAX_CAPTURE_BYTES {
+                    text.push_str(&piece);
+                }
+            }
         }
         if let Some(u) = chunk.usage {
             self.usage = Some(Usage {
@@ -163,6 +207,19 @@ data: [DONE]\n\n";
             s.feed(std::slice::from_ref(b));
         }
         assert!(s.succeeded() && s.events == 3);
+    }
+
+    #[test]
+    fn capturing_keeps_the_generated_text() {
+        let mut s = SseScanner::capturing();
+        s.feed(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"}}]}\n\n");
+        s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\ndata: {\"choices\":[{\"text\":\"!\"}]}\n\n");
+        s.feed(STREAM);
+        assert_eq!(s.text.as_deref(), Some("Hello world!hi"));
+        assert_eq!(s.content_events, 4);
+        let mut plain = SseScanner::default();
+        plain.feed(STREAM);
+        assert_eq!((plain.text, plain.content_events), (None, 0));
     }
 
     #[test]

@@ -88,9 +88,25 @@ impl fmt::Display for StickyKey {
 pub struct Arm {
     pub name: String,
     pub backends: Vec<usize>,
-    /// Weight in basis points (hundredths of a percent).
+    /// Weight in basis points (hundredths of a percent) within its set.
     pub weight_bp: u32,
+    /// The blue-green set the arm belongs to, if the route uses sets.
+    pub set: Option<String>,
+    /// Whether the arm takes traffic: it belongs to the route's active set (or the route has
+    /// no sets). Standby arms own no buckets; only the QA override reaches them.
+    pub active: bool,
+    /// Empty for standby arms.
     pub buckets: Range<u32>,
+}
+
+/// What [`ArmTable::new`] lays out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewArm {
+    pub name: String,
+    pub backends: Vec<usize>,
+    pub weight_bp: u32,
+    pub set: Option<String>,
+    pub active: bool,
 }
 
 /// A route's arms with their bucket ranges laid out in declared order.
@@ -100,18 +116,24 @@ pub struct ArmTable {
 }
 
 impl ArmTable {
-    /// Lays arms out contiguously in the given order. The weights must sum to [`BUCKETS`]
-    /// (validation guarantees it); a shortfall would leave the top buckets to the last arm.
-    pub fn new(arms: Vec<(String, Vec<usize>, u32)>) -> ArmTable {
+    /// Lays the active arms out contiguously in the given order; standby arms get no buckets.
+    /// The active weights must sum to [`BUCKETS`] (validation guarantees it).
+    pub fn new(arms: Vec<NewArm>) -> ArmTable {
         let mut start = 0;
         let arms = arms
             .into_iter()
-            .map(|(name, backends, weight_bp)| {
-                let end = (start + weight_bp).min(BUCKETS);
+            .map(|a| {
+                let end = if a.active {
+                    (start + a.weight_bp).min(BUCKETS)
+                } else {
+                    start
+                };
                 let arm = Arm {
-                    name,
-                    backends,
-                    weight_bp,
+                    name: a.name,
+                    backends: a.backends,
+                    weight_bp: a.weight_bp,
+                    set: a.set,
+                    active: a.active,
                     buckets: start..end,
                 };
                 start = end;
@@ -125,14 +147,20 @@ impl ArmTable {
         &self.arms
     }
 
+    /// The index of the arm named `name`, active or standby.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.arms.iter().position(|a| a.name == name)
+    }
+
     /// The index of the arm owning `bucket` (`bucket < BUCKETS`).
     pub fn arm_for_bucket(&self, bucket: u32) -> usize {
         self.arms
             .iter()
             .position(|arm| arm.buckets.contains(&bucket))
-            // Zero-weight arms own no bucket; weights summing to 100 leave no gap, so this
-            // fallback only matters for a table built outside validation.
-            .unwrap_or(self.arms.len().saturating_sub(1))
+            // Weights summing to 100 leave no gap, so this fallback only matters for a table
+            // built outside validation: the last active arm takes the rest.
+            .or_else(|| self.arms.iter().rposition(|a| a.active))
+            .unwrap_or(0)
     }
 }
 
@@ -167,9 +195,38 @@ mod tests {
             weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| (format!("arm{i}"), vec![i], *w))
+                .map(|(i, w)| NewArm {
+                    name: format!("arm{i}"),
+                    backends: vec![i],
+                    weight_bp: *w,
+                    set: None,
+                    active: true,
+                })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn standby_arms_own_no_buckets() {
+        let arm = |name: &str, set: &str, w: u32, active: bool| NewArm {
+            name: name.into(),
+            backends: vec![0],
+            weight_bp: w,
+            set: Some(set.into()),
+            active,
+        };
+        let t = ArmTable::new(vec![
+            arm("blue", "blue", 10_000, false),
+            arm("green", "green", 9_000, true),
+            arm("green-canary", "green", 1_000, true),
+        ]);
+        assert!(t.arms()[0].buckets.is_empty());
+        assert_eq!(t.arms()[1].buckets, 0..9000);
+        assert_eq!(t.arms()[2].buckets, 9000..10000);
+        assert_eq!(t.position("blue"), Some(0));
+        for b in [0, 5000, 9999] {
+            assert_ne!(t.arm_for_bucket(b), 0);
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod arm;
 pub mod backend;
 pub mod facts;
 
-pub use arm::{choose_arm, sticky_bucket, Arm, ArmTable, StickyKey, BUCKETS};
+pub use arm::{choose_arm, sticky_bucket, Arm, ArmTable, NewArm, StickyKey, BUCKETS};
 pub use backend::order_by_load;
 pub use facts::{rewrite_model, Endpoint, FactsError, RequestFacts};
 
@@ -22,23 +22,54 @@ pub struct Decision {
     pub arm: usize,
     /// The arm's backends to try, in order (indexes into the snapshot's backends).
     pub backends: Vec<usize>,
+    /// Whether a copy goes to the route's shadow backend.
+    pub mirror: bool,
 }
 
-/// Decides route, arm and backend order for a request. `random_bucket` (uniform in
-/// `0..BUCKETS`) is used only when the route is not sticky or the request lacks the key;
-/// `rotation` breaks ties between equally loaded backends.
+/// The randomness a decision may use, drawn by the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Draws {
+    /// Uniform in `0..BUCKETS`: the arm bucket when there is no sticky key.
+    pub arm_bucket: u32,
+    /// Uniform in `0..BUCKETS`: the shadow bucket when there is no sticky key.
+    pub shadow_bucket: u32,
+    /// Breaks ties between equally loaded backends.
+    pub rotation: usize,
+}
+
+/// The header a QA client sets to force an arm on routes with `allow_arm_override`.
+pub const ARM_OVERRIDE_HEADER: &str = "x-switchyard-arm";
+
+/// Decides route, arm, backend order and mirroring for a request.
 pub fn decide(
     snapshot: &PolicySnapshot,
     facts: &RequestFacts,
     headers: &http::HeaderMap,
-    random_bucket: u32,
-    rotation: usize,
+    draws: Draws,
 ) -> Result<Decision, GatewayError> {
     let (route_index, route) = snapshot
         .route_for_model(&facts.model)
         .ok_or_else(|| GatewayError::UnknownModel(facts.model.clone()))?;
     let key = route.sticky.value(headers, facts);
-    let arm_index = choose_arm(&route.arms, &route.salt, key, random_bucket);
+    let forced = match headers.get(ARM_OVERRIDE_HEADER) {
+        // Without the route's consent the header is ignored, not an error: clients may send it
+        // to every route.
+        Some(name) if route.allow_arm_override => {
+            let name = String::from_utf8_lossy(name.as_bytes());
+            Some(
+                route
+                    .arms
+                    .position(&name)
+                    .ok_or_else(|| GatewayError::UnknownArm {
+                        route: route.name.clone(),
+                        arm: name.into_owned(),
+                    })?,
+            )
+        }
+        _ => None,
+    };
+    let arm_index =
+        forced.unwrap_or_else(|| choose_arm(&route.arms, &route.salt, key, draws.arm_bucket));
     let arm = &route.arms.arms()[arm_index];
     let backends = order_by_load(
         &arm.backends,
@@ -48,7 +79,7 @@ pub fn decide(
                 snapshot.policy.backends[b].max_inflight,
             )
         },
-        rotation,
+        draws.rotation,
     );
     if backends.is_empty() {
         return Err(GatewayError::BackendsSaturated {
@@ -56,9 +87,23 @@ pub fn decide(
             arm: arm.name.clone(),
         });
     }
+    let mirror = route.shadow.as_ref().is_some_and(|shadow| {
+        (shadow.mirror_streaming || !facts.stream)
+            && mirror_bucket(&route.salt, key, draws.shadow_bucket) < shadow.percent_bp
+    });
     Ok(Decision {
         route: route_index,
         arm: arm_index,
         backends,
+        mirror,
     })
+}
+
+/// The shadow bucket: sticky routes mirror the same keys every time (under a salt of their own,
+/// so being mirrored does not correlate with the arm).
+fn mirror_bucket(salt: &str, key: Option<&[u8]>, random_bucket: u32) -> u32 {
+    match key {
+        Some(key) => sticky_bucket(&format!("{salt}/shadow"), key),
+        None => random_bucket % BUCKETS,
+    }
 }

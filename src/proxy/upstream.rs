@@ -1,0 +1,122 @@
+//! The upstream leg shared by primary and shadow exchanges: build the request for a backend,
+//! connect through pingora's pooled connector, send, and wait for the response header.
+
+use bytes::Bytes;
+use http::header;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::Error;
+
+use crate::config::BackendSpec;
+
+/// Attempts on one backend when pooled connections turn out to be stale.
+const STALE_RETRIES: usize = 3;
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the ones the gateway
+/// sets itself.
+pub(crate) fn is_hop_header(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+pub(crate) fn upstream_request(
+    client: &RequestHeader,
+    backend: &BackendSpec,
+    body_len: usize,
+    client_addr: Option<String>,
+) -> pingora::Result<RequestHeader> {
+    let path = client
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), None)?;
+    for (name, value) in client.headers.iter() {
+        if is_hop_header(name)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::EXPECT
+        {
+            continue;
+        }
+        req.append_header(name.clone(), value.clone())?;
+    }
+    req.insert_header(header::HOST, backend.authority.as_str())?;
+    req.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
+    if let Some(addr) = client_addr {
+        req.append_header("x-forwarded-for", addr)?;
+    }
+    Ok(req)
+}
+
+/// The upstream leg after the response header arrived.
+pub(crate) struct Answer {
+    pub http: HttpSession,
+    pub peer: HttpPeer,
+}
+
+pub(crate) enum AttemptError {
+    /// No connection could be made: safe to try another backend.
+    Connect(Box<Error>),
+    Timeout(&'static str),
+    Failed(Box<Error>),
+}
+
+pub(crate) async fn attempt(
+    connector: &Connector,
+    backend: &BackendSpec,
+    request: &RequestHeader,
+    body: &Bytes,
+    on_sent: &mut (dyn FnMut() + Send),
+) -> Result<Answer, AttemptError> {
+    let mut peer = HttpPeer::new(backend.addr, false, String::new());
+    peer.options.connection_timeout = Some(backend.timeouts.connect);
+    peer.options.total_connection_timeout = Some(backend.timeouts.connect);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let (mut http, reused) = connector
+            .get_http_session(&peer)
+            .await
+            .map_err(AttemptError::Connect)?;
+        let sent = async {
+            http.write_request_header(Box::new(request.clone())).await?;
+            http.write_request_body(body.clone(), true).await?;
+            http.finish_request_body().await
+        };
+        let result = match sent.await {
+            Ok(()) => {
+                on_sent();
+                tokio::time::timeout(backend.timeouts.first_byte, http.read_response_header())
+                    .await
+                    .map_err(|_| {
+                        AttemptError::Timeout("no response header within first_byte_timeout_ms")
+                    })
+            }
+            Err(e) => Ok(Err(e)),
+        };
+        match result {
+            Ok(Ok(())) => return Ok(Answer { http, peer }),
+            // The backend closed a pooled connection before reading our request: nothing was
+            // processed, so a fresh connection is safe.
+            Ok(Err(e)) if reused && tries < STALE_RETRIES => {
+                tracing::debug!(backend = %backend.name, error = %e, "stale pooled connection, retrying");
+            }
+            Ok(Err(e)) => return Err(AttemptError::Failed(e)),
+            Err(timeout) => return Err(timeout),
+        }
+    }
+}
+

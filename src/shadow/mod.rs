@@ -1,0 +1,206 @@
+//! Shadow mirroring: a copy of a route's real traffic goes to a backend nobody sees the
+//! answers of, and each shadow answer is compared with the primary's.
+//!
+//! Isolation is the contract. The copy is built from the body already read, sent from its own
+//! task only after the primary request was dispatched, and bounded by the route's
+//! `max_inflight` (beyond it the copy is dropped and counted, never queued). Its answer is read
+//! to the end, bounded in time (`timeout_ms`) and size (only the text is kept, capped), and never
+//! touches the primary's response. Shadow cost is recorded here only: it never counts against
+//! a client's budget (budgets will read the primary's records, not these).
+
+pub mod compare;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use tokio::sync::oneshot;
+
+pub use compare::ExchangeRecord;
+pub use stats::{ShadowSlot, ShadowStats};
+
+use crate::config::{BackendSpec, PolicySnapshot, ShadowSpec};
+use crate::proxy::capture::ResponseCapture;
+use crate::proxy::upstream::{attempt, upstream_request, AttemptError};
+use crate::routing::{rewrite_model, RequestFacts};
+
+/// The header every mirrored request carries, so backends and their logs can tell copies apart.
+pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
+/// How long an idle shadow connection stays pooled (as for primaries).
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// Hands the primary's record to the waiting shadow task. Dropping it without sending tells
+/// the task the primary left no record.
+pub struct PrimaryLink(oneshot::Sender<ExchangeRecord>);
+
+impl PrimaryLink {
+    pub fn send(self, record: ExchangeRecord) {
+        let _ = self.0.send(record);
+    }
+}
+
+/// A prepared copy of one request, launched once the primary is dispatched.
+pub struct ShadowJob {
+    connector: Arc<Connector>,
+    backend: BackendSpec,
+    request: RequestHeader,
+    body: Bytes,
+    timeout: Duration,
+    prompt_estimate: u64,
+    stats: Arc<ShadowStats>,
+    slot: ShadowSlot,
+    primary: oneshot::Receiver<ExchangeRecord>,
+}
+
+impl ShadowJob {
+    /// Prepares the copy of a request the decision chose to mirror. `None` (and a counted drop)
+    /// when the route's shadow is at `max_inflight`, or when the copy cannot be built.
+    pub fn prepare(
+        connector: &Arc<Connector>,
+        snapshot: &PolicySnapshot,
+        route: usize,
+        facts: &RequestFacts,
+        client_request: &RequestHeader,
+        body: &Bytes,
+    ) -> Option<(ShadowJob, PrimaryLink)> {
+        let spec: &ShadowSpec = snapshot.policy.routes[route].shadow.as_ref()?;
+        let stats = snapshot.shadow_stats[route].clone()?;
+        let slot = stats.try_enter(spec.max_inflight)?;
+        let backend = snapshot.policy.backends[spec.backend].clone();
+        let body = match spec.upstream_model.as_ref().or(backend.upstream_model.as_ref()) {
+            Some(m) if *m != facts.model => rewrite_model(body, m).ok()?.into(),
+            _ => body.clone(),
+        };
+        let mut request = upstream_request(client_request, &backend, body.len(), None).ok()?;
+        request.insert_header(SHADOW_HEADER, "1").ok()?;
+        let (tx, rx) = oneshot::channel();
+        Some((
+            ShadowJob {
+                connector: connector.clone(),
+                backend,
+                request,
+                body,
+                timeout: spec.timeout,
+                prompt_estimate: facts.prompt_tokens_estimate,
+                stats,
+                slot,
+                primary: rx,
+            },
+            PrimaryLink(tx),
+        ))
+    }
+
+    /// Starts the copy on its own task; the caller goes on at once.
+    pub fn launch(self) {
+        self.stats
+            .mirrored
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(self.run());
+    }
+
+    async fn run(self) {
+        let ShadowJob {
+            connector,
+            backend,
+            request,
+            body,
+            timeout,
+            prompt_estimate,
+            stats,
+            slot,
+            primary,
+        } = self;
+        let started = Instant::now();
+        let exchange = exchange(&connector, &backend, &request, &body, started);
+        let mut record = match tokio::time::timeout(timeout, exchange).await {
+            Ok(record) => record,
+            Err(_) => ExchangeRecord {
+                latency: started.elapsed(),
+                ..ExchangeRecord::default()
+            },
+        };
+        drop(slot);
+        if record.prompt_tokens == 0 {
+            record.prompt_tokens = prompt_estimate;
+        }
+        record.cost_usd = compare::cost(
+            backend.price.as_ref(),
+            record.prompt_tokens,
+            record.output_tokens,
+        );
+        if !record.ok {
+            tracing::debug!(backend = %backend.name, status = record.status, "shadow exchange failed");
+        }
+        // The primary's record arrives when the primary request ends (its link is dropped
+        // with the request at the latest), so this wait is bounded by the primary's own life.
+        let primary = primary.await.ok();
+        stats.record(primary.as_ref(), &record);
+    }
+}
+
+/// Sends the copy and reads the whole answer, keeping only what the comparison needs.
+async fn exchange(
+    connector: &Connector,
+    backend: &BackendSpec,
+    request: &RequestHeader,
+    body: &Bytes,
+    started: Instant,
+) -> ExchangeRecord {
+    let failed = |status: u16| ExchangeRecord {
+        status,
+        latency: started.elapsed(),
+        ..ExchangeRecord::default()
+    };
+    let answer = match attempt(connector, backend, request, body, &mut || {}).await {
+        Ok(answer) => answer,
+        Err(AttemptError::Connect(_) | AttemptError::Timeout(_) | AttemptError::Failed(_)) => {
+            return failed(0)
+        }
+    };
+    let (mut http, peer) = (answer.http, answer.peer);
+    let Some(header) = http.response_header() else {
+        return failed(0);
+    };
+    let status = header.status.as_u16();
+    let is_sse = header
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut capture = ResponseCapture::new(is_sse, true);
+    let mut ttft = None;
+    loop {
+        match http.read_response_body().await {
+            Ok(Some(chunk)) => {
+                ttft.get_or_insert_with(|| started.elapsed());
+                capture.feed(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                return ExchangeRecord {
+                    status,
+                    ttft,
+                    ..failed(status)
+                }
+            }
+        }
+    }
+    if http.response_done() {
+        connector
+            .release_http_session(http, &peer, Some(POOL_IDLE))
+            .await;
+    }
+    let captured = capture.finish();
+    ExchangeRecord {
+        status,
+        ok: (200..300).contains(&status) && !captured.stream_failed,
+        latency: started.elapsed(),
+        ttft,
+        prompt_tokens: captured.prompt_tokens.unwrap_or(0),
+        output_tokens: captured.output_tokens.unwrap_or(0),
+        text: captured.text,
+        cost_usd: 0.0,
+    }
+}
