@@ -934,6 +934,26 @@ fn sim_responses(sim: &Sim) -> Option<u64> {
     Some(total as u64)
 }
 
+/// The gateway's own shadow counters of the first route, from `/admin/shadow`.
+fn shadow_report(sy: &Switchyard) -> Option<String> {
+    let (status, text) = blocking_request(
+        sy.admin,
+        "GET",
+        "/admin/shadow",
+        None,
+        "",
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    // The body may be chunked; the JSON is what lies between the outer braces.
+    let json = &text[text.find('{')?..=text.rfind('}')?];
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let route = value.get("routes")?.get(0)?;
+    let fields = ["mirrored", "dropped", "compared", "shadow_errors"]
+        .map(|f| format!("{f} {}", route.get(f).unwrap_or(&serde_json::Value::Null)));
+    (status == 200).then(|| fields.join(", "))
+}
+
 fn shadow(ctx: &Ctx) -> Result<ScenarioResult> {
     let champion = Sim::start(&ctx.env, "s7-champion", SimTiming::default())?;
     let canary = Sim::start(&ctx.env, "s7-canary", SimTiming::default())?;
@@ -1045,9 +1065,16 @@ fn shadow(ctx: &Ctx) -> Result<ScenarioResult> {
                     .zip(before)
                     .map(|(after, before)| after.saturating_sub(before + 1));
                 result.notes.push(format!(
-                    "{key}: the shadow sim answered {} requests",
+                    "{key}: the shadow sim answered {} requests (warm-up included)",
                     mirrored.map_or("an unknown number of".into(), |m| m.to_string())
                 ));
+                if on {
+                    if let Some(report) = shadow_report(&sy) {
+                        result
+                            .notes
+                            .push(format!("{key}: /admin/shadow after the run: {report}"));
+                    }
+                }
                 if on && mirrored == Some(0) {
                     missing.insert(
                         key.to_owned(),
