@@ -54,8 +54,10 @@ struct Params {
     swap_duration: Duration,
     swaps: u32,
     swap_rate: f64,
-    /// Scenario 7: run length per half, rate, shadow sim delay.
+    /// Scenario 7: run length per variant, rounds it is split in, rate,
+    /// shadow sim delay.
     shadow_duration: Duration,
+    shadow_rounds: u32,
     shadow_rate: f64,
     shadow_delay_ms: u64,
 }
@@ -83,7 +85,8 @@ impl Params {
             swap_duration: Duration::from_secs(30),
             swaps: 100,
             swap_rate: 500.0,
-            shadow_duration: Duration::from_secs(8),
+            shadow_duration: Duration::from_secs(12),
+            shadow_rounds: 6,
             shadow_rate: 200.0,
             shadow_delay_ms: 200,
         }
@@ -112,6 +115,7 @@ impl Params {
             swaps: 5,
             swap_rate: 200.0,
             shadow_duration: Duration::from_millis(400),
+            shadow_rounds: 2,
             shadow_rate: 100.0,
             shadow_delay_ms: 20,
         }
@@ -266,14 +270,30 @@ impl Ctx {
     }
 
     /// Runs `spec` against `target`, measuring the CPU its process tree used.
-    fn run(&self, target: &Target, mut spec: LoadSpec) -> (Recorder, RunReport) {
+    fn run(&self, target: &Target, spec: LoadSpec) -> (Recorder, RunReport) {
+        self.run_beside(target, spec, None)
+    }
+
+    /// `run`, with `beside` (already addressed) running at the same time
+    /// and not measured: background load on another process.
+    fn run_beside(
+        &self,
+        target: &Target,
+        mut spec: LoadSpec,
+        beside: Option<LoadSpec>,
+    ) -> (Recorder, RunReport) {
         spec.addr = target.addr;
         let offered = match spec.mode {
             Mode::Open { rate, .. } => Some(rate),
             Mode::Closed { .. } => None,
         };
         let before = tree_cpu_ticks(target.pid);
-        let rec = self.rt.block_on(load::run(spec));
+        let rec = self.rt.block_on(async {
+            match beside {
+                Some(b) => tokio::join!(load::run(spec), load::run(b)).0,
+                None => load::run(spec).await,
+            }
+        });
         let used = tree_cpu_ticks(target.pid).saturating_sub(before);
         let mut report = rec.report(target.kind.name());
         report.offered_rps = offered;
@@ -965,14 +985,9 @@ fn shadow(ctx: &Ctx) -> Result<ScenarioResult> {
             tpot_ms: 0,
         },
     )?;
-    let nginx_off = |listen| NginxConf {
-        listen,
-        upstreams: vec![(champion.addr, 9), (canary.addr, 1)],
-        mirror: None,
-    };
-    let policy_off = |listen, admin| Policy {
-        listen,
-        admin,
+    let policy = |shadow| Policy {
+        listen: local(free_port()),
+        admin: local(free_port()),
         backends: [&champion, &canary, &slow]
             .iter()
             .map(|s| PolicyBackend {
@@ -992,136 +1007,178 @@ fn shadow(ctx: &Ctx) -> Result<ScenarioResult> {
                 weight: 10,
             },
         ],
-        shadow: None,
+        shadow,
     };
+    let mut missing: BTreeMap<&str, String> = BTreeMap::new();
+
+    // Every variant stays up for the whole scenario so rounds can alternate
+    // between them: off and on see the same machine drift.
+    let mut nginx = BTreeMap::new();
+    for (key, mirror) in [("nginx/off", None), ("nginx/on", Some(slow.addr))] {
+        let conf = NginxConf {
+            listen: local(free_port()),
+            upstreams: vec![(champion.addr, 9), (canary.addr, 1)],
+            mirror,
+        };
+        match Nginx::start(&ctx.env, &key.replace('/', "-"), &conf) {
+            Ok(n) => {
+                nginx.insert(key, n);
+            }
+            Err(e) => {
+                missing.insert(key, e);
+            }
+        }
+    }
+    let mut gateways = BTreeMap::new();
+    for (key, shadow) in [
+        ("switchyard/off", None),
+        ("switchyard/on", Some((slow.name.clone(), 100, 64))),
+    ] {
+        let policy = policy(shadow);
+        let tag = key.replace('/', "-");
+        let on = policy.shadow.is_some();
+        // A gateway without shadow support rejects the table: report that,
+        // don't fail the suite.
+        let checked = if on {
+            Switchyard::check(&ctx.env, &tag, &policy).map_err(|e| format!("switchyard check: {e}"))
+        } else {
+            Ok(())
+        };
+        match checked.and_then(|()| start_switchyard(&ctx.env, &tag, &policy)) {
+            Ok(sy) => {
+                gateways.insert(key, sy);
+            }
+            Err(e) if on => {
+                missing.insert(key, format!("not available: shadow not implemented ({e})"));
+            }
+            Err(e) => {
+                missing.insert(key, e);
+            }
+        }
+    }
+
+    // (key, target, also load the shadow sim directly)
+    let mut variants: Vec<(&str, Target, bool)> = ["direct/off", "direct/on"]
+        .iter()
+        .map(|key| {
+            let t = Target {
+                kind: Kind::Direct,
+                addr: champion.addr,
+                pid: champion.proc.pid(),
+            };
+            (*key, t, key.ends_with("/on"))
+        })
+        .collect();
+    for (key, n) in &nginx {
+        let t = Target {
+            kind: Kind::Nginx,
+            addr: n.addr,
+            pid: n.proc.pid(),
+        };
+        variants.push((key, t, false));
+    }
+    for (key, sy) in &gateways {
+        let t = Target {
+            kind: Kind::Switchyard,
+            addr: sy.addr,
+            pid: sy.proc.pid(),
+        };
+        variants.push((key, t, false));
+    }
+
     let spec = || {
         let mut spec = ctx.spec(chat_body(16));
         spec.mode = Mode::Open {
             rate: ctx.p.shadow_rate,
             connections: 64,
         };
-        spec.duration = ctx.p.shadow_duration;
+        spec.duration = ctx.p.shadow_duration / ctx.p.shadow_rounds;
         spec
     };
+    let mut recs: BTreeMap<&str, Recorder> = BTreeMap::new();
+    let mut mirrored: Option<u64> = Some(0);
+    for round in 0..ctx.p.shadow_rounds as usize {
+        for i in 0..variants.len() {
+            let (key, target, copies) = variants[(i + round) % variants.len()];
+            // The control for "on" without a proxy: the same copies sent
+            // straight to the shadow sim alongside the primary load.
+            let beside = copies.then(|| {
+                let mut s = spec();
+                s.addr = slow.addr;
+                s
+            });
+            let before = sim_responses(&slow);
+            let (rec, _) = ctx.run_beside(&target, spec(), beside);
+            if key == "switchyard/on" {
+                let after = sim_responses(&slow);
+                mirrored = mirrored
+                    .zip(after.zip(before))
+                    .map(|(m, (a, b))| m + a.saturating_sub(b + 1));
+            }
+            recs.entry(key).or_default().merge(&rec);
+        }
+    }
+
     let mut result = ScenarioResult::new("Canary 90/10 with a 100 % shadow to a slow sim");
-    let mut p99: BTreeMap<String, f64> = BTreeMap::new();
-    let mut missing: BTreeMap<String, String> = BTreeMap::new();
-    let mut keep = |result: &mut ScenarioResult, key: &str, r: RunReport| {
+    if let Some(sy) = gateways.get("switchyard/on") {
+        result.notes.push(format!(
+            "switchyard/on: the shadow sim answered {} requests; /admin/shadow: {}",
+            mirrored.map_or("an unknown number of".into(), |m| m.to_string()),
+            shadow_report(sy).unwrap_or_else(|| "unavailable".into())
+        ));
+        if mirrored == Some(0) {
+            recs.remove("switchyard/on");
+            missing.insert(
+                "switchyard/on",
+                "not available: policy accepted but nothing reached the shadow sim".into(),
+            );
+        }
+    }
+    let mut p99: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut p50: BTreeMap<&str, f64> = BTreeMap::new();
+    for (key, rec) in &recs {
+        let r = rec.report(key);
         if let Some(l) = r.latency {
-            p99.insert(key.to_owned(), l.p99_us);
+            p99.insert(key, l.p99_us);
+            p50.insert(key, l.p50_us);
         }
         if r.errors > 0 {
             result
                 .notes
                 .push(format!("{key}: {} errors {:?}", r.errors, r.error_kinds));
         }
-        store(result, key, r);
-    };
-    let measure = |kind, addr, pid| ctx.run(&Target { kind, addr, pid }, spec()).1;
-
-    let r = measure(Kind::Direct, champion.addr, champion.proc.pid());
-    keep(&mut result, "direct", r);
-    for (key, mirror) in [("nginx/off", None), ("nginx/on", Some(slow.addr))] {
-        let conf = NginxConf {
-            mirror,
-            ..nginx_off(local(free_port()))
-        };
-        match Nginx::start(&ctx.env, &key.replace('/', "-"), &conf) {
-            Ok(n) => {
-                let r = measure(Kind::Nginx, n.addr, n.proc.pid());
-                keep(&mut result, key, r);
-            }
-            Err(e) => {
-                missing.insert(key.to_owned(), e);
-            }
-        }
-    }
-    for (key, shadow) in [
-        ("switchyard/off", None),
-        ("switchyard/on", Some((slow.name.clone(), 100, 64))),
-    ] {
-        let policy = Policy {
-            shadow,
-            ..policy_off(local(free_port()), local(free_port()))
-        };
-        let tag = key.replace('/', "-");
-        let on = policy.shadow.is_some();
-        // A gateway without shadow support rejects the table: report that,
-        // don't fail the suite.
-        if on {
-            if let Err(e) = Switchyard::check(&ctx.env, &tag, &policy) {
-                missing.insert(
-                    key.to_owned(),
-                    format!("not available: shadow not implemented (switchyard check: {e})"),
-                );
-                continue;
-            }
-        }
-        match start_switchyard(&ctx.env, &tag, &policy) {
-            Ok(sy) => {
-                let before = sim_responses(&slow);
-                let r = measure(Kind::Switchyard, sy.addr, sy.proc.pid());
-                let mirrored = sim_responses(&slow)
-                    .zip(before)
-                    .map(|(after, before)| after.saturating_sub(before + 1));
-                result.notes.push(format!(
-                    "{key}: the shadow sim answered {} requests (warm-up included)",
-                    mirrored.map_or("an unknown number of".into(), |m| m.to_string())
-                ));
-                if on {
-                    if let Some(report) = shadow_report(&sy) {
-                        result
-                            .notes
-                            .push(format!("{key}: /admin/shadow after the run: {report}"));
-                    }
-                }
-                if on && mirrored == Some(0) {
-                    missing.insert(
-                        key.to_owned(),
-                        "not available: policy accepted but nothing reached the shadow sim".into(),
-                    );
-                    store(&mut result, key, r);
-                } else {
-                    keep(&mut result, key, r);
-                }
-            }
-            Err(e) if on => {
-                missing.insert(
-                    key.to_owned(),
-                    format!("not available: shadow not implemented ({e})"),
-                );
-            }
-            Err(e) => {
-                missing.insert(key.to_owned(), e);
-            }
-        }
+        store(&mut result, key, r);
     }
 
     let change = |proxy: &str| {
-        let off = p99.get(&format!("{proxy}/off"))?;
-        let on = p99.get(&format!("{proxy}/on"))?;
+        let off = p99.get(format!("{proxy}/off").as_str())?;
+        let on = p99.get(format!("{proxy}/on").as_str())?;
         Some((on / off - 1.0) * 100.0)
     };
     let cell = |proxy: &str| {
-        let off_key = format!("{proxy}/off");
-        let on_key = format!("{proxy}/on");
-        let Some(off) = p99.get(&off_key) else {
-            return Cell::na(missing.get(&off_key).map_or("no data", |s| s.as_str()));
+        let (off_key, on_key) = (format!("{proxy}/off"), format!("{proxy}/on"));
+        let why = |key: &str| {
+            missing
+                .get(key)
+                .map_or("no data", |s| s.as_str())
+                .to_owned()
         };
-        match (p99.get(&on_key), change(proxy)) {
-            (Some(on), Some(pct)) => Cell::text(format!("{off:.0} → {on:.0} ({pct:+.1} %)")),
-            _ => Cell::text(format!(
-                "{off:.0} → {}",
-                missing.get(&on_key).map_or("no data", |s| s.as_str())
+        let Some(off) = p99.get(off_key.as_str()) else {
+            return Cell::na(&why(&off_key));
+        };
+        let median = |key: &str| p50.get(key).map_or("?".into(), |v| format!("{v:.0}"));
+        match (p99.get(on_key.as_str()), change(proxy)) {
+            (Some(on), Some(pct)) => Cell::text(format!(
+                "{off:.0} → {on:.0} ({pct:+.1} %); p50 {} → {}",
+                median(&off_key),
+                median(&on_key)
             )),
+            _ => Cell::text(format!("{off:.0} → {}", why(&on_key))),
         }
     };
-    let direct = p99
-        .get("direct")
-        .map_or_else(|| Cell::na("no data"), |v| Cell::text(format!("{v:.0}")));
     result.rows.push(Row {
-        metric: "primary p99 µs, shadow off → on (change)".into(),
-        cells: [direct, cell("nginx"), cell("switchyard")],
+        metric: "primary p99 µs, shadow off → on (change); p50".into(),
+        cells: [cell("direct"), cell("nginx"), cell("switchyard")],
         ratio: None,
         target: Some(Verdict::at_most(
             "shadow moves primary p99 ≤ 10 %",
@@ -1130,8 +1187,8 @@ fn shadow(ctx: &Ctx) -> Result<ScenarioResult> {
         )),
     });
     result.notes.push(format!(
-        "{:.0} req/s open loop for {:?} per half; shadow sim answers after {} ms; nginx's shadow is `mirror` with the request body",
-        ctx.p.shadow_rate, ctx.p.shadow_duration, ctx.p.shadow_delay_ms
+        "{:.0} req/s open loop, {} interleaved rounds, {:?} per variant in all; shadow sim answers after {} ms; nginx's shadow is `mirror` with the request body; direct \"on\" sends the same copies straight to the shadow sim (the floor: what the shadow's work costs the primary on this machine with no proxy)",
+        ctx.p.shadow_rate, ctx.p.shadow_rounds, ctx.p.shadow_duration, ctx.p.shadow_delay_ms
     ));
     Ok(result)
 }
