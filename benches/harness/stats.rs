@@ -184,7 +184,6 @@ impl Recorder {
             events: self.events,
             backends: self.backends.clone(),
             cpu_us_per_req: None,
-            cdf: None,
         }
     }
 }
@@ -286,8 +285,6 @@ pub struct RunReport {
     /// The proxy's user+system CPU per completed request (proxy targets only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_us_per_req: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cdf: Option<Vec<(f64, f64)>>,
 }
 
 pub fn round3(x: f64) -> f64 {
@@ -381,8 +378,7 @@ mod tests {
         rec.record_gap(Duration::from_millis(45), Duration::from_millis(40));
         rec.error("timeout");
         rec.elapsed = Duration::from_millis(500);
-        let mut report = rec.report("nginx");
-        report.cdf = Some(cdf_points(&rec.latency, 10));
+        let report = rec.report("nginx");
         let json = serde_json::to_string(&report).expect("serialises");
         let back: RunReport = serde_json::from_str(&json).expect("parses back");
         assert_eq!(back, report);
@@ -400,7 +396,17 @@ mod tests {
         assert!((69.9..=70.1).contains(&p50), "p50 {p50}");
         assert!(v["ttfe"].is_null(), "no streams, no TTFE");
         assert!(v.get("cpu_us_per_req").is_none());
-        let cdf = v["cdf"].as_array().unwrap();
-        assert_eq!(cdf.last().unwrap()[1], 1.0, "a CDF ends at 1");
+    }
+
+    #[test]
+    fn cdf_is_thinned_and_ends_at_one() {
+        let mut rec = Recorder::default();
+        for us in 1..=1000 {
+            rec.record_ok(Duration::from_micros(us), Duration::from_micros(us));
+        }
+        let cdf = cdf_points(&rec.latency, 10);
+        assert!(cdf.len() <= 12, "thinned to about 10 points: {}", cdf.len());
+        assert_eq!(cdf.last().map(|p| p.1), Some(1.0), "a CDF ends at 1");
+        assert!(cdf.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
     }
 }
