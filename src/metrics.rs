@@ -122,7 +122,11 @@ impl Metrics {
 
     /// The shadow series of `route`, created on first use.
     pub fn shadow(&self, route: &str) -> Arc<ShadowStats> {
-        self.shadows.lock().entry(route.to_owned()).or_default().clone()
+        self.shadows
+            .lock()
+            .entry(route.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Every route's shadow series, by route name.

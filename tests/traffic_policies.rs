@@ -29,7 +29,14 @@ async fn arms_of(url: &str, keys: &[String]) -> Vec<String> {
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for (i, key) in chunk {
-                let r = request(&c, "POST", &url, &[("content-type", "application/json"), ("x-user-id", &key)], chat("m", "x").to_string()).await;
+                let r = request(
+                    &c,
+                    "POST",
+                    &url,
+                    &[("content-type", "application/json"), ("x-user-id", &key)],
+                    chat("m", "x").to_string(),
+                )
+                .await;
                 assert_eq!(r.status, 200);
                 got.push((i, r.header("x-switchyard-arm").to_owned()));
             }
@@ -48,7 +55,15 @@ fn ramp_policy(server: &str, a: &str, b: &str, canary: f64) -> String {
     server.to_owned()
         + &backend("a", a, "")
         + &backend("b", b, "")
-        + &route("r", &["m"], "header:x-user-id", &[("champion", &["a"], 100.0 - canary), ("canary", &["b"], canary)])
+        + &route(
+            "r",
+            &["m"],
+            "header:x-user-id",
+            &[
+                ("champion", &["a"], 100.0 - canary),
+                ("canary", &["b"], canary),
+            ],
+        )
 }
 
 /// Raising the canary moves exactly the users of the added buckets, only champion → canary;
@@ -63,27 +78,51 @@ async fn percentage_rollout_moves_as_few_users_as_possible() {
     let url = format!("{}/v1/chat/completions", gw.url());
     let keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
     let canary_set = |arms: &[String]| -> HashSet<usize> {
-        arms.iter().enumerate().filter(|(_, a)| *a == "canary").map(|(i, _)| i).collect()
+        arms.iter()
+            .enumerate()
+            .filter(|(_, a)| *a == "canary")
+            .map(|(i, _)| i)
+            .collect()
     };
     let mut by_weight: HashMap<u64, HashSet<usize>> = HashMap::new();
     let mut previous: Option<(f64, HashSet<usize>)> = None;
     for weight in [5.0, 10.0, 25.0, 10.0, 5.0] {
-        let r = request(&c, "PUT", &format!("{}/admin/config", gw.admin_url()), &[("authorization", &format!("Bearer {TOKEN}"))], ramp_policy(&server, &a.url(), &b.url(), weight)).await;
+        let r = request(
+            &c,
+            "PUT",
+            &format!("{}/admin/config", gw.admin_url()),
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            ramp_policy(&server, &a.url(), &b.url(), weight),
+        )
+        .await;
         assert_eq!(r.status, 200);
         let canary = canary_set(&arms_of(&url, &keys).await);
         let n = keys.len() as f64;
         let p = weight / 100.0;
         let sigma = (n * p * (1.0 - p)).sqrt();
-        assert!((canary.len() as f64 - n * p).abs() <= 3.0 * sigma + 0.5, "{weight}%: {} canary users", canary.len());
+        assert!(
+            (canary.len() as f64 - n * p).abs() <= 3.0 * sigma + 0.5,
+            "{weight}%: {} canary users",
+            canary.len()
+        );
         if let Some((prev_weight, prev)) = &previous {
             if weight >= *prev_weight {
-                assert!(canary.is_superset(prev), "raising {prev_weight}% → {weight}% moved someone from canary back to champion");
+                assert!(
+                    canary.is_superset(prev),
+                    "raising {prev_weight}% → {weight}% moved someone from canary back to champion"
+                );
             } else {
-                assert!(canary.is_subset(prev), "lowering {prev_weight}% → {weight}% moved someone from champion to canary");
+                assert!(
+                    canary.is_subset(prev),
+                    "lowering {prev_weight}% → {weight}% moved someone from champion to canary"
+                );
             }
         }
         if let Some(same) = by_weight.get(&(weight as u64)) {
-            assert_eq!(&canary, same, "{weight}% chose different users in a later version");
+            assert_eq!(
+                &canary, same,
+                "{weight}% chose different users in a later version"
+            );
         }
         by_weight.insert(weight as u64, canary.clone());
         previous = Some((weight, canary));
@@ -97,8 +136,18 @@ async fn split_within_three_sigma_and_keys_stay_put() {
     let policy = server_section("")
         + &backend("a", &a.url(), "")
         + &backend("b", &b.url(), "")
-        + &route("random", &["m"], "none", &[("champion", &["a"], 90.0), ("canary", &["b"], 10.0)])
-        + &route("sticky", &["s"], "header:x-user-id", &[("champion", &["a"], 50.0), ("canary", &["b"], 50.0)]);
+        + &route(
+            "random",
+            &["m"],
+            "none",
+            &[("champion", &["a"], 90.0), ("canary", &["b"], 10.0)],
+        )
+        + &route(
+            "sticky",
+            &["s"],
+            "header:x-user-id",
+            &[("champion", &["a"], 50.0), ("canary", &["b"], 50.0)],
+        );
     let gw = start_gateway(&policy);
     let url = format!("{}/v1/chat/completions", gw.url());
     let n = 20_000;
@@ -121,17 +170,31 @@ async fn split_within_three_sigma_and_keys_stay_put() {
         canary += t.await.unwrap();
     }
     let sigma = (f64::from(n) * 0.1 * 0.9).sqrt();
-    assert!((f64::from(canary) - 2000.0).abs() <= 3.0 * sigma, "canary got {canary} of {n}");
+    assert!(
+        (f64::from(canary) - 2000.0).abs() <= 3.0 * sigma,
+        "canary got {canary} of {n}"
+    );
 
     let c = client();
     for user in 0..20 {
         let key = format!("user-{user}");
         let mut arms = HashSet::new();
         for _ in 0..100 {
-            let r = request(&c, "POST", &url, &[("content-type", "application/json"), ("x-user-id", &key)], chat("s", "x").to_string()).await;
+            let r = request(
+                &c,
+                "POST",
+                &url,
+                &[("content-type", "application/json"), ("x-user-id", &key)],
+                chat("s", "x").to_string(),
+            )
+            .await;
             arms.insert(r.header("x-switchyard-arm").to_owned());
         }
-        assert_eq!(arms.len(), 1, "{key} moved between arms over 100 requests: {arms:?}");
+        assert_eq!(
+            arms.len(),
+            1,
+            "{key} moved between arms over 100 requests: {arms:?}"
+        );
     }
 }
 
@@ -142,11 +205,9 @@ async fn qa_override_forces_an_arm_only_where_allowed() {
     let policy = server_section("")
         + &backend("a", &a.url(), "")
         + &backend("b", &b.url(), "")
-        + &format!(
-            "[[routes]]\nname = \"bg\"\nmodels = [\"m\"]\nactive = \"blue\"\nallow_arm_override = true\n\
+        + "[[routes]]\nname = \"bg\"\nmodels = [\"m\"]\nactive = \"blue\"\nallow_arm_override = true\n\
              [[routes.arms]]\nname = \"blue\"\nset = \"blue\"\nbackends = [\"a\"]\nweight = 100\n\
              [[routes.arms]]\nname = \"green\"\nset = \"green\"\nbackends = [\"b\"]\nweight = 100\n"
-        )
         + &route("closed", &["c"], "none", &[("only", &["a"], 100.0)]);
     let gw = start_gateway(&policy);
     let c = client();
@@ -156,12 +217,40 @@ async fn qa_override_forces_an_arm_only_where_allowed() {
     let r = request(&c, "POST", &url, &[ct], body.clone()).await;
     assert_eq!(r.header("x-switchyard-arm"), "blue");
     // QA reaches the standby arm before the flip.
-    let r = request(&c, "POST", &url, &[ct, ("x-switchyard-arm", "green")], body.clone()).await;
-    assert_eq!((r.status, r.header("x-switchyard-arm"), r.header("x-switchyard-backend")), (200, "green", "b"));
-    let r = request(&c, "POST", &url, &[ct, ("x-switchyard-arm", "purple")], body).await;
+    let r = request(
+        &c,
+        "POST",
+        &url,
+        &[ct, ("x-switchyard-arm", "green")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(
+        (
+            r.status,
+            r.header("x-switchyard-arm"),
+            r.header("x-switchyard-backend")
+        ),
+        (200, "green", "b")
+    );
+    let r = request(
+        &c,
+        "POST",
+        &url,
+        &[ct, ("x-switchyard-arm", "purple")],
+        body,
+    )
+    .await;
     assert_eq!((r.status, r.error_code().as_str()), (400, "unknown_arm"));
     // Where the route does not allow it, the header is ignored.
-    let r = request(&c, "POST", &url, &[ct, ("x-switchyard-arm", "nope")], chat("c", "x").to_string()).await;
+    let r = request(
+        &c,
+        "POST",
+        &url,
+        &[ct, ("x-switchyard-arm", "nope")],
+        chat("c", "x").to_string(),
+    )
+    .await;
     assert_eq!((r.status, r.header("x-switchyard-arm")), (200, "only"));
 }
 
@@ -183,7 +272,12 @@ async fn blue_green_flip_and_rollback_under_load() {
     let a = sim("a", &["m"], |s| s.tpot_ms = 2).await;
     let b = sim("b", &["m"], |s| s.tpot_ms = 2).await;
     let server = server_section("");
-    let gw = Arc::new(start_gateway(&blue_green(&server, &a.url(), &b.url(), "blue")));
+    let gw = Arc::new(start_gateway(&blue_green(
+        &server,
+        &a.url(),
+        &b.url(),
+        "blue",
+    )));
     let url = format!("{}/v1/chat/completions", gw.url());
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
@@ -212,7 +306,11 @@ async fn blue_green_flip_and_rollback_under_load() {
         async move {
             let body = json!({"model": "m", "stream": true, "max_tokens": 300, "messages": [{"role": "user", "content": "long"}]});
             let s = post_stream(&client(), &url, &body).await;
-            (s.header("x-switchyard-arm").to_owned(), s.events().last().cloned(), Instant::now())
+            (
+                s.header("x-switchyard-arm").to_owned(),
+                s.events().last().cloned(),
+                Instant::now(),
+            )
         }
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -220,22 +318,60 @@ async fn blue_green_flip_and_rollback_under_load() {
     let put = |policy: String| {
         let c = c.clone();
         let admin = gw.admin_url();
-        async move { request(&c, "PUT", &format!("{admin}/admin/config"), &[("authorization", &format!("Bearer {TOKEN}"))], policy).await }
+        async move {
+            request(
+                &c,
+                "PUT",
+                &format!("{admin}/admin/config"),
+                &[("authorization", &format!("Bearer {TOKEN}"))],
+                policy,
+            )
+            .await
+        }
     };
     let flipped_at = Instant::now();
-    assert_eq!(put(blue_green(&server, &a.url(), &b.url(), "green")).await.status, 200);
+    assert_eq!(
+        put(blue_green(&server, &a.url(), &b.url(), "green"))
+            .await
+            .status,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(post_json(&c, &url, &chat("m", "x")).await.header("x-switchyard-arm"), "green");
-    let r = request(&c, "POST", &format!("{}/admin/rollback", gw.admin_url()), &[("authorization", &format!("Bearer {TOKEN}"))], "").await;
+    assert_eq!(
+        post_json(&c, &url, &chat("m", "x"))
+            .await
+            .header("x-switchyard-arm"),
+        "green"
+    );
+    let r = request(
+        &c,
+        "POST",
+        &format!("{}/admin/rollback", gw.admin_url()),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(post_json(&c, &url, &chat("m", "x")).await.header("x-switchyard-arm"), "blue");
+    assert_eq!(
+        post_json(&c, &url, &chat("m", "x"))
+            .await
+            .header("x-switchyard-arm"),
+        "blue"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
 
     let (arm, last, ended) = long.await.unwrap();
     assert_eq!(arm, "blue");
-    assert_eq!(last.as_deref(), Some("[DONE]"), "the in-flight stream finished");
-    assert!(ended > flipped_at, "the long stream should outlive the flip");
+    assert_eq!(
+        last.as_deref(),
+        Some("[DONE]"),
+        "the in-flight stream finished"
+    );
+    assert!(
+        ended > flipped_at,
+        "the long stream should outlive the flip"
+    );
     let mut arms = HashSet::new();
     let mut total = 0;
     for t in load {

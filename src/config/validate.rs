@@ -671,10 +671,19 @@ mod tests {
         let active: Vec<bool> = r.arms.arms().iter().map(|a| a.active).collect();
         assert_eq!(active, vec![true, false, false]);
         let shadow = r.shadow.as_ref().unwrap();
-        assert_eq!((shadow.backend, shadow.percent_bp, shadow.max_inflight), (1, 1250, 32));
+        assert_eq!(
+            (shadow.backend, shadow.percent_bp, shadow.max_inflight),
+            (1, 1250, 32)
+        );
         assert!(shadow.mirror_streaming);
-        let green = parse_policy(&BLUE_GREEN.replace("active = \"blue\"", "active = \"green\"")).unwrap();
-        let active: Vec<bool> = green.routes[0].arms.arms().iter().map(|a| a.active).collect();
+        let green =
+            parse_policy(&BLUE_GREEN.replace("active = \"blue\"", "active = \"green\"")).unwrap();
+        let active: Vec<bool> = green.routes[0]
+            .arms
+            .arms()
+            .iter()
+            .map(|a| a.active)
+            .collect();
         assert_eq!(active, vec![false, true, true]);
     }
 
@@ -684,7 +693,10 @@ mod tests {
             &BLUE_GREEN
                 .replace("active = \"blue\"", "active = \"purple\"")
                 .replace("weight = 5\n", "weight = 6\n")
-                .replace("backend = \"v2\"\n          percent = 12.5", "backend = \"v9\"\n          percent = 101"),
+                .replace(
+                    "backend = \"v2\"\n          percent = 12.5",
+                    "backend = \"v9\"\n          percent = 101",
+                ),
         );
         for e in [
             "routes[0].active: no arm belongs to set `purple`",
@@ -692,10 +704,17 @@ mod tests {
             "routes[0].shadow.backend: unknown backend `v9`",
             "routes[0].shadow.percent: 101 must be a percentage",
         ] {
-            assert!(errs.iter().any(|got| got.starts_with(e)), "missing {e:?} in {errs:#?}");
+            assert!(
+                errs.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errs:#?}"
+            );
         }
         let errs = errors_of(&BLUE_GREEN.replace("active = \"blue\"", ""));
-        assert!(errs.iter().any(|e| e.starts_with("routes[0].active: arms name a `set`")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("routes[0].active: arms name a `set`")),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -142,7 +142,10 @@ mod tests {
         assert!(c.stream_failed(), "no [DONE] yet");
         c.feed(b"data: [DONE]\n\n");
         let got = c.finish();
-        assert_eq!((got.text.as_deref(), got.output_tokens), (Some("a b"), Some(2)));
+        assert_eq!(
+            (got.text.as_deref(), got.output_tokens),
+            (Some("a b"), Some(2))
+        );
         assert!(!got.stream_failed);
     }
 }

@@ -100,7 +100,10 @@ pub async fn forward(
             Ok(answer) => {
                 ctx.backend = Some(b);
                 ctx.in_flight = Some(guard);
-                return relay(session, ctx, connector, snapshot, decision, facts, backend, answer).await;
+                return relay(
+                    session, ctx, connector, snapshot, decision, facts, backend, answer,
+                )
+                .await;
             }
             Err(AttemptError::Connect(e)) => {
                 tracing::warn!(route = %route.name, arm = %arm.name, backend = %backend.name, error = %e, "connect failed, trying the arm's next backend");

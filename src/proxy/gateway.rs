@@ -18,8 +18,8 @@ use super::ctx::RequestCtx;
 use super::forward::{forward, Failure};
 use crate::config::PolicyStore;
 use crate::error::GatewayError;
-use crate::shadow::ExchangeRecord;
 use crate::routing::{decide, Draws, Endpoint, RequestFacts, BUCKETS};
+use crate::shadow::ExchangeRecord;
 
 pub struct Gateway {
     store: Arc<PolicyStore>,

@@ -212,7 +212,9 @@ data: [DONE]\n\n";
     #[test]
     fn capturing_keeps_the_generated_text() {
         let mut s = SseScanner::capturing();
-        s.feed(b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"}}]}\n\n");
+        s.feed(
+            b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"}}]}\n\n",
+        );
         s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\ndata: {\"choices\":[{\"text\":\"!\"}]}\n\n");
         s.feed(STREAM);
         assert_eq!(s.text.as_deref(), Some("Hello world!hi"));

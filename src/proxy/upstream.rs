@@ -119,4 +119,3 @@ pub(crate) async fn attempt(
         }
     }
 }
-

@@ -103,7 +103,10 @@ mod tests {
         let c = compare(&rec(200, "same words", 2), &rec(200, "same words", 2));
         assert!(c.same_status && c.exact_match);
         assert_eq!((c.similarity, c.length_delta), (Some(1.0), 0));
-        let c = compare(&rec(200, "one two three", 3), &rec(200, "one two four five", 4));
+        let c = compare(
+            &rec(200, "one two three", 3),
+            &rec(200, "one two four five", 4),
+        );
         assert!(c.same_status && !c.exact_match);
         assert_eq!((c.similarity, c.length_delta), (Some(0.4), 1));
         let c = compare(&rec(200, "x", 1), &rec(500, "", 0));

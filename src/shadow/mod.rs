@@ -70,7 +70,11 @@ impl ShadowJob {
         let stats = snapshot.shadow_stats[route].clone()?;
         let slot = stats.try_enter(spec.max_inflight)?;
         let backend = snapshot.policy.backends[spec.backend].clone();
-        let body = match spec.upstream_model.as_ref().or(backend.upstream_model.as_ref()) {
+        let body = match spec
+            .upstream_model
+            .as_ref()
+            .or(backend.upstream_model.as_ref())
+        {
             Some(m) if *m != facts.model => rewrite_model(body, m).ok()?.into(),
             _ => body.clone(),
         };

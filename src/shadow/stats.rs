@@ -119,7 +119,8 @@ impl ShadowStats {
         }
         let mut d = self.dist.lock();
         if let Some(s) = c.similarity {
-            d.similarity.saturating_record((s * 1000.0).round() as u64 + 1);
+            d.similarity
+                .saturating_record((s * 1000.0).round() as u64 + 1);
         }
         record_duration(&mut d.primary_latency_us, primary.latency);
         record_duration(&mut d.shadow_latency_us, shadow.latency);
@@ -157,7 +158,8 @@ impl ShadowStats {
             serde_json::Value::Null
         } else {
             let q = |p: f64| (sim.value_at_quantile(p).saturating_sub(1)) as f64 / 1000.0;
-            let share = |lo: u64, hi: u64| sim.count_between(lo + 1, hi + 1) as f64 / sim.len() as f64;
+            let share =
+                |lo: u64, hi: u64| sim.count_between(lo + 1, hi + 1) as f64 / sim.len() as f64;
             json!({
                 "mean": (sim.mean() - 1.0) / 1000.0,
                 "p10": q(0.1), "p50": q(0.5), "p90": q(0.9),
@@ -191,7 +193,10 @@ impl ShadowStats {
             ("switchyard_shadow_dropped_total", &self.dropped),
             ("switchyard_shadow_errors_total", &self.shadow_errors),
             ("switchyard_shadow_compared_total", &self.compared),
-            ("switchyard_shadow_status_agreement_total", &self.same_status),
+            (
+                "switchyard_shadow_status_agreement_total",
+                &self.same_status,
+            ),
             ("switchyard_shadow_exact_match_total", &self.exact_match),
             ("switchyard_shadow_in_flight", &self.in_flight),
         ] {
@@ -200,14 +205,25 @@ impl ShadowStats {
         let d = self.dist.lock();
         for (name, h) in [
             ("switchyard_shadow_duration_seconds", &d.shadow_latency_us),
-            ("switchyard_shadow_time_to_first_byte_seconds", &d.shadow_ttft_us),
+            (
+                "switchyard_shadow_time_to_first_byte_seconds",
+                &d.shadow_ttft_us,
+            ),
         ] {
             for bound in crate::metrics::BOUNDS {
                 let us = (bound * 1e6) as u64;
-                let _ = writeln!(out, "{name}_bucket{{{l},le=\"{bound}\"}} {}", h.count_between(0, us));
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{l},le=\"{bound}\"}} {}",
+                    h.count_between(0, us)
+                );
             }
             let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.len());
-            let sum = if h.is_empty() { 0.0 } else { h.mean() * h.len() as f64 / 1e6 };
+            let sum = if h.is_empty() {
+                0.0
+            } else {
+                h.mean() * h.len() as f64 / 1e6
+            };
             let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
             let _ = writeln!(out, "{name}_count{{{l}}} {}", h.len());
         }
@@ -232,10 +248,28 @@ mod tests {
     #[test]
     fn report_rates_and_similarity() {
         let s = ShadowStats::default();
-        let p = ExchangeRecord { status: 200, ok: true, text: Some("a b c d".into()), output_tokens: 4, latency: Duration::from_millis(10), ..Default::default() };
-        let same = ExchangeRecord { latency: Duration::from_millis(30), ..p.clone() };
-        let half = ExchangeRecord { text: Some("a b x y".into()), ..p.clone() };
-        let failed = ExchangeRecord { status: 500, ok: false, text: None, ..p.clone() };
+        let p = ExchangeRecord {
+            status: 200,
+            ok: true,
+            text: Some("a b c d".into()),
+            output_tokens: 4,
+            latency: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let same = ExchangeRecord {
+            latency: Duration::from_millis(30),
+            ..p.clone()
+        };
+        let half = ExchangeRecord {
+            text: Some("a b x y".into()),
+            ..p.clone()
+        };
+        let failed = ExchangeRecord {
+            status: 500,
+            ok: false,
+            text: None,
+            ..p.clone()
+        };
         s.record(Some(&p), &same);
         s.record(Some(&p), &half);
         s.record(Some(&p), &failed);
