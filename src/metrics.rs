@@ -204,9 +204,7 @@ impl Metrics {
                 pick(s).render(&mut out, name, &format!("route=\"{route}\",arm=\"{arm}\""));
             }
         }
-        for (route, shadow) in self.shadows() {
-            shadow.render(&mut out, &route);
-        }
+        ShadowStats::render_all(&mut out, &self.shadows());
         let _ = writeln!(
             out,
             "# HELP switchyard_rejected_requests_total Requests the gateway answered with an error itself, by code.\n# TYPE switchyard_rejected_requests_total counter"
@@ -264,6 +262,47 @@ mod tests {
         assert!(out.contains("x_bucket{a=\"b\",le=\"120\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+    }
+
+    /// The text format wants each family's samples in one group under one TYPE line.
+    #[test]
+    fn families_are_grouped() {
+        let m = Metrics::default();
+        for route in ["a", "b"] {
+            m.arm(route, "x")
+                .record(Outcome::Success, Duration::from_millis(1), None);
+            m.shadow(route);
+        }
+        m.record_rejected("invalid_json");
+        let text = m.render();
+        let mut finished = std::collections::HashSet::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            let name = match line.strip_prefix("# TYPE ") {
+                Some(rest) => rest.split(' ').next().unwrap().to_owned(),
+                None if line.starts_with('#') => continue,
+                None => {
+                    let metric = line.split(['{', ' ']).next().unwrap();
+                    ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| {
+                            metric
+                                .strip_suffix(s)
+                                .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                        })
+                        .unwrap_or(metric)
+                        .to_owned()
+                }
+            };
+            if name != current {
+                assert!(
+                    finished.insert(current.clone()),
+                    "family {current} appears in two groups"
+                );
+                current = name;
+            }
+        }
+        assert!(text.contains("switchyard_shadow_in_flight{route=\"b\"} 0"));
     }
 
     #[test]

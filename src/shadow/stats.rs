@@ -185,47 +185,96 @@ impl ShadowStats {
         })
     }
 
-    /// Prometheus series for this route's shadow.
-    pub fn render(&self, out: &mut String, route: &str) {
-        let l = format!("route=\"{route}\"");
-        for (name, v) in [
-            ("switchyard_shadow_requests_total", &self.mirrored),
-            ("switchyard_shadow_dropped_total", &self.dropped),
-            ("switchyard_shadow_errors_total", &self.shadow_errors),
-            ("switchyard_shadow_compared_total", &self.compared),
+    /// Renders every route's shadow series in the Prometheus text format, one family at a time
+    /// (the format wants each family's samples together).
+    pub fn render_all(out: &mut String, shadows: &[(String, Arc<ShadowStats>)]) {
+        type Counter = fn(&ShadowStats) -> &AtomicU64;
+        let counters: [(&str, &str, &str, Counter); 7] = [
+            (
+                "switchyard_shadow_requests_total",
+                "counter",
+                "Copies sent to the shadow backend.",
+                |s| &s.mirrored,
+            ),
+            (
+                "switchyard_shadow_dropped_total",
+                "counter",
+                "Copies dropped because max_inflight shadow requests were in flight.",
+                |s| &s.dropped,
+            ),
+            (
+                "switchyard_shadow_errors_total",
+                "counter",
+                "Shadow exchanges that failed.",
+                |s| &s.shadow_errors,
+            ),
+            (
+                "switchyard_shadow_compared_total",
+                "counter",
+                "Primary/shadow pairs compared.",
+                |s| &s.compared,
+            ),
             (
                 "switchyard_shadow_status_agreement_total",
-                &self.same_status,
+                "counter",
+                "Compared pairs with the same status.",
+                |s| &s.same_status,
             ),
-            ("switchyard_shadow_exact_match_total", &self.exact_match),
-            ("switchyard_shadow_in_flight", &self.in_flight),
-        ] {
-            let _ = writeln!(out, "{name}{{{l}}} {}", v.load(Relaxed));
+            (
+                "switchyard_shadow_exact_match_total",
+                "counter",
+                "Compared pairs with the very same text.",
+                |s| &s.exact_match,
+            ),
+            (
+                "switchyard_shadow_in_flight",
+                "gauge",
+                "Shadow requests in flight.",
+                |s| &s.in_flight,
+            ),
+        ];
+        for (name, kind, help, get) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (route, s) in shadows {
+                let _ = writeln!(out, "{name}{{route=\"{route}\"}} {}", get(s).load(Relaxed));
+            }
         }
-        let d = self.dist.lock();
-        for (name, h) in [
-            ("switchyard_shadow_duration_seconds", &d.shadow_latency_us),
+        type Pick = fn(&Distributions) -> &Histogram<u64>;
+        let histograms: [(&str, &str, Pick); 2] = [
+            (
+                "switchyard_shadow_duration_seconds",
+                "Shadow exchange duration.",
+                |d| &d.shadow_latency_us,
+            ),
             (
                 "switchyard_shadow_time_to_first_byte_seconds",
-                &d.shadow_ttft_us,
+                "Shadow time to first response byte.",
+                |d| &d.shadow_ttft_us,
             ),
-        ] {
-            for bound in crate::metrics::BOUNDS {
-                let us = (bound * 1e6) as u64;
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{l},le=\"{bound}\"}} {}",
-                    h.count_between(0, us)
-                );
+        ];
+        for (name, help, pick) in histograms {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (route, s) in shadows {
+                let d = s.dist.lock();
+                let h = pick(&d);
+                let l = format!("route=\"{route}\"");
+                for bound in crate::metrics::BOUNDS {
+                    let us = (bound * 1e6) as u64;
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{{l},le=\"{bound}\"}} {}",
+                        h.count_between(0, us)
+                    );
+                }
+                let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.len());
+                let sum = if h.is_empty() {
+                    0.0
+                } else {
+                    h.mean() * h.len() as f64 / 1e6
+                };
+                let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
+                let _ = writeln!(out, "{name}_count{{{l}}} {}", h.len());
             }
-            let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.len());
-            let sum = if h.is_empty() {
-                0.0
-            } else {
-                h.mean() * h.len() as f64 / 1e6
-            };
-            let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{{l}}} {}", h.len());
         }
     }
 }
