@@ -44,17 +44,39 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        let mut cumulative = [0; BOUNDS.len()];
+        let mut running = 0;
+        for (c, bucket) in cumulative.iter_mut().zip(&self.buckets) {
+            running += bucket.load(Relaxed);
+            *c = running;
         }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        write_histogram(
+            out,
+            name,
+            labels,
+            &cumulative,
+            self.count.load(Relaxed),
+            sum,
+        );
     }
+}
+
+/// Writes one histogram's samples: `cumulative[i]` counts observations ≤ `BOUNDS[i]`.
+pub(crate) fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    cumulative: &[u64; BOUNDS.len()],
+    count: u64,
+    sum_seconds: f64,
+) {
+    for (bound, c) in BOUNDS.iter().zip(cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {c}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum_seconds}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 /// What happened to one request, as the arm's series record it.

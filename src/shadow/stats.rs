@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::compare::{compare, ExchangeRecord};
+use crate::metrics::{write_histogram, BOUNDS};
 
 /// Holds one of a route's shadow in-flight places until dropped.
 #[derive(Debug)]
@@ -257,23 +258,20 @@ impl ShadowStats {
             for (route, s) in shadows {
                 let d = s.dist.lock();
                 let h = pick(&d);
-                let l = format!("route=\"{route}\"");
-                for bound in crate::metrics::BOUNDS {
-                    let us = (bound * 1e6) as u64;
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{{l},le=\"{bound}\"}} {}",
-                        h.count_between(0, us)
-                    );
-                }
-                let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.len());
+                let cumulative = BOUNDS.map(|bound| h.count_between(0, (bound * 1e6) as u64));
                 let sum = if h.is_empty() {
                     0.0
                 } else {
                     h.mean() * h.len() as f64 / 1e6
                 };
-                let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
-                let _ = writeln!(out, "{name}_count{{{l}}} {}", h.len());
+                write_histogram(
+                    out,
+                    name,
+                    &format!("route=\"{route}\""),
+                    &cumulative,
+                    h.len(),
+                    sum,
+                );
             }
         }
     }
