@@ -7,7 +7,7 @@
 //! a failure after that ends an SSE stream with an error event, or cuts a plain response short.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
@@ -19,16 +19,12 @@ use pingora::{Error, ErrorType};
 use super::capture::ResponseCapture;
 use super::ctx::RequestCtx;
 use super::sse::error_event;
-use super::upstream::{attempt, is_hop_header, upstream_request, Answer, AttemptError};
+use super::upstream::{attempt, is_hop_header, release, upstream_request, Answer, AttemptError};
 use crate::config::{BackendSpec, PolicySnapshot};
 use crate::error::GatewayError;
 use crate::metrics::Outcome;
 use crate::routing::{rewrite_model, Decision, RequestFacts};
 use crate::shadow::{compare, ExchangeRecord, ShadowJob};
-
-/// How long an idle upstream connection stays in the pool. Below uvicorn's 5 s keep-alive
-/// (vLLM's server) so the gateway usually drops a connection before the backend does.
-const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Why an exchange ended without a normal response.
 pub enum Failure {
@@ -241,11 +237,7 @@ async fn relay(
                 .write_response_body(None, true)
                 .await
                 .map_err(Failure::Abort)?;
-            if http.response_done() {
-                connector
-                    .release_http_session(http, &peer, Some(POOL_IDLE))
-                    .await;
-            }
+            release(connector, http, &peer).await;
             Ok(())
         }
         Some((code, message)) => {

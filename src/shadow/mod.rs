@@ -24,13 +24,11 @@ pub use stats::{ShadowSlot, ShadowStats};
 
 use crate::config::{BackendSpec, PolicySnapshot, ShadowSpec};
 use crate::proxy::capture::ResponseCapture;
-use crate::proxy::upstream::{attempt, upstream_request, AttemptError};
+use crate::proxy::upstream::{attempt, release, upstream_request, AttemptError};
 use crate::routing::{rewrite_model, RequestFacts};
 
 /// The header every mirrored request carries, so backends and their logs can tell copies apart.
 pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
-/// How long an idle shadow connection stays pooled (as for primaries).
-const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Hands the primary's record to the waiting shadow task. Dropping it without sending tells
 /// the task the primary left no record.
@@ -191,11 +189,7 @@ async fn exchange(
             }
         }
     }
-    if http.response_done() {
-        connector
-            .release_http_session(http, &peer, Some(POOL_IDLE))
-            .await;
-    }
+    release(connector, http, &peer).await;
     let captured = capture.finish();
     ExchangeRecord {
         status,
