@@ -63,6 +63,8 @@ async fn agreement_figures_on_agreeing_and_disagreeing_shadows() {
     let primary = sim("primary", &["m"], |s| s.seed = 7).await;
     let twin = sim("twin", &["m-next"], |s| s.seed = 7).await;
     let other = sim("other", &["m"], |s| s.seed = 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
     let policy = server_section("")
         + &backend(
             "primary",
@@ -81,7 +83,14 @@ async fn agreement_figures_on_agreeing_and_disagreeing_shadows() {
             "none",
             &[("champion", &["primary"], 100.0)],
         )
-        + &shadow_table("twin", 100.0, "  model = \"m-next\"")
+        + &shadow_table(
+            "twin",
+            100.0,
+            &format!(
+                "  model = \"m-next\"\n  sample_file = \"{}\"\n  sample_percent = 100",
+                pairs.display()
+            ),
+        )
         + &route(
             "disagree",
             &["d"],
@@ -141,6 +150,28 @@ async fn agreement_figures_on_agreeing_and_disagreeing_shadows() {
         disagree["similarity"]["mean"].as_f64().unwrap() < 0.9,
         "{disagree:#}"
     );
+
+    // Every pair was written to the sample file with both outputs.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shadow_report(&c, &gw).await["agree"]["sampled"] != 10 {
+        assert!(Instant::now() < deadline, "pairs not written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&pairs)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    for l in &lines {
+        assert_eq!(
+            (&l["primary"]["backend"], &l["shadow"]["backend"]),
+            (&json!("primary"), &json!("twin"))
+        );
+        assert!(l["primary"]["text"].as_str().is_some_and(|t| !t.is_empty()));
+        assert_eq!(l["primary"]["text"], l["shadow"]["text"]);
+        assert_eq!(l["exact_match"], true);
+    }
 
     // The copies were marked and rewritten for the shadow's model name.
     let seen = twin.received();

@@ -276,6 +276,7 @@ fn primary_record(
         .unwrap_or(facts.prompt_tokens_estimate);
     let output_tokens = captured.output_tokens.unwrap_or(0);
     ExchangeRecord {
+        backend: backend.name.clone(),
         status: ctx.status,
         ok: ctx.outcome == Some(Outcome::Success),
         latency: ctx.started.elapsed(),

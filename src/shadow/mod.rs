@@ -9,8 +9,10 @@
 //! a client's budget (budgets will read the primary's records, not these).
 
 pub mod compare;
+pub mod samples;
 pub mod stats;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +27,8 @@ pub use stats::{ShadowSlot, ShadowStats};
 use crate::config::{BackendSpec, PolicySnapshot, ShadowSpec};
 use crate::proxy::capture::ResponseCapture;
 use crate::proxy::upstream::{attempt, release, upstream_request, AttemptError};
-use crate::routing::{rewrite_model, RequestFacts};
+use crate::routing::{rewrite_model, RequestFacts, BUCKETS};
+use samples::SampleSpec;
 
 /// The header every mirrored request carries, so backends and their logs can tell copies apart.
 pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
@@ -48,6 +51,8 @@ pub struct ShadowJob {
     body: Bytes,
     timeout: Duration,
     prompt_estimate: u64,
+    route: String,
+    samples: Option<SampleSpec>,
     stats: Arc<ShadowStats>,
     slot: ShadowSlot,
     primary: oneshot::Receiver<ExchangeRecord>,
@@ -87,6 +92,8 @@ impl ShadowJob {
                 body,
                 timeout: spec.timeout,
                 prompt_estimate: facts.prompt_tokens_estimate,
+                route: snapshot.policy.routes[route].name.clone(),
+                samples: spec.samples.clone(),
                 stats,
                 slot,
                 primary: rx,
@@ -97,9 +104,7 @@ impl ShadowJob {
 
     /// Starts the copy on its own task; the caller goes on at once.
     pub fn launch(self) {
-        self.stats
-            .mirrored
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.mirrored.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(self.run());
     }
 
@@ -111,6 +116,8 @@ impl ShadowJob {
             body,
             timeout,
             prompt_estimate,
+            route,
+            samples,
             stats,
             slot,
             primary,
@@ -125,6 +132,7 @@ impl ShadowJob {
             },
         };
         drop(slot);
+        record.backend = backend.name.clone();
         if record.prompt_tokens == 0 {
             record.prompt_tokens = prompt_estimate;
         }
@@ -140,6 +148,22 @@ impl ShadowJob {
         // with the request at the latest), so this wait is bounded by the primary's own life.
         let primary = primary.await.ok();
         stats.record(primary.as_ref(), &record);
+        if let (Some(spec), Some(primary)) = (samples, primary) {
+            if rand::random_range(0..BUCKETS) < spec.percent_bp {
+                let line = samples::pair_line(&route, &primary, &record);
+                let writer = stats.clone();
+                let written =
+                    tokio::task::spawn_blocking(move || writer.samples.append(&spec, &line)).await;
+                match written {
+                    Ok(Ok(())) => stats.sampled.fetch_add(1, Ordering::Relaxed),
+                    Ok(Err(e)) => {
+                        tracing::warn!(route, error = %e, "cannot write the shadow sample file");
+                        stats.sample_errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(_) => stats.sample_errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
     }
 }
 
@@ -192,6 +216,7 @@ async fn exchange(
     release(connector, http, &peer).await;
     let captured = capture.finish();
     ExchangeRecord {
+        backend: String::new(),
         status,
         ok: (200..300).contains(&status) && !captured.stream_failed,
         latency: started.elapsed(),

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::compare::{compare, ExchangeRecord};
+use super::samples::SampleLog;
 use crate::metrics::{write_histogram, BOUNDS};
 
 /// Holds one of a route's shadow in-flight places until dropped.
@@ -61,6 +62,10 @@ pub struct ShadowStats {
     pub compared: AtomicU64,
     pub same_status: AtomicU64,
     pub exact_match: AtomicU64,
+    /// Pairs written to the route's `sample_file`, and writes that failed.
+    pub sampled: AtomicU64,
+    pub sample_errors: AtomicU64,
+    pub samples: SampleLog,
     dist: Mutex<Distributions>,
 }
 
@@ -75,6 +80,9 @@ impl Default for ShadowStats {
             compared: AtomicU64::new(0),
             same_status: AtomicU64::new(0),
             exact_match: AtomicU64::new(0),
+            sampled: AtomicU64::new(0),
+            sample_errors: AtomicU64::new(0),
+            samples: SampleLog::default(),
             dist: Mutex::new(Distributions {
                 similarity: Histogram::new_with_bounds(1, 1001, 3).expect("valid bounds"),
                 primary_latency_us: micros(),
@@ -176,6 +184,8 @@ impl ShadowStats {
             "shadow_errors": self.shadow_errors.load(Relaxed),
             "primary_errors": self.primary_errors.load(Relaxed),
             "compared": compared,
+            "sampled": self.sampled.load(Relaxed),
+            "sample_errors": self.sample_errors.load(Relaxed),
             "agreement": {"status": rate(&self.same_status), "exact_text": rate(&self.exact_match)},
             "similarity": similarity,
             "length_delta_mean": if compared == 0 { serde_json::Value::Null } else { json!(d.length_delta_sum as f64 / compared as f64) },
