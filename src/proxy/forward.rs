@@ -6,7 +6,6 @@
 //! fresh one. Once the response header has been written downstream the exchange is committed;
 //! a failure after that ends an SSE stream with an error event, or cuts a plain response short.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -44,7 +43,7 @@ impl From<GatewayError> for Failure {
 pub async fn forward(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    connector: &Arc<Connector>,
+    connector: &Connector,
     snapshot: &PolicySnapshot,
     decision: &Decision,
     facts: &RequestFacts,
@@ -55,14 +54,9 @@ pub async fn forward(
     // The copy leaves only once the primary request is on the wire (`on_sent` below).
     let mut shadow = None;
     if decision.mirror {
-        if let Some((job, link)) = ShadowJob::prepare(
-            connector,
-            snapshot,
-            decision.route,
-            facts,
-            session.req_header(),
-            &body,
-        ) {
+        if let Some((job, link)) =
+            ShadowJob::prepare(snapshot, decision.route, facts, session.req_header(), &body)
+        {
             shadow = Some(job);
             ctx.shadow_link = Some(link);
         }

@@ -23,7 +23,7 @@ use crate::shadow::ExchangeRecord;
 
 pub struct Gateway {
     store: Arc<PolicyStore>,
-    connector: Arc<Connector>,
+    connector: Connector,
     rotation: AtomicUsize,
 }
 
@@ -31,7 +31,7 @@ impl Gateway {
     pub fn new(store: Arc<PolicyStore>) -> Gateway {
         Gateway {
             store,
-            connector: Arc::new(Connector::new(None)),
+            connector: Connector::new(None),
             rotation: AtomicUsize::new(0),
         }
     }

@@ -9,6 +9,7 @@
 //! a client's budget (budgets will read the primary's records, not these).
 
 pub mod compare;
+mod runner;
 pub mod samples;
 pub mod stats;
 
@@ -45,7 +46,6 @@ impl PrimaryLink {
 
 /// A prepared copy of one request, launched once the primary is dispatched.
 pub struct ShadowJob {
-    connector: Arc<Connector>,
     backend: BackendSpec,
     request: RequestHeader,
     body: Bytes,
@@ -62,7 +62,6 @@ impl ShadowJob {
     /// Prepares the copy of a request the decision chose to mirror. `None` (and a counted drop)
     /// when the route's shadow is at `max_inflight`, or when the copy cannot be built.
     pub fn prepare(
-        connector: &Arc<Connector>,
         snapshot: &PolicySnapshot,
         route: usize,
         facts: &RequestFacts,
@@ -86,7 +85,6 @@ impl ShadowJob {
         let (tx, rx) = oneshot::channel();
         Some((
             ShadowJob {
-                connector: connector.clone(),
                 backend,
                 request,
                 body,
@@ -102,15 +100,14 @@ impl ShadowJob {
         ))
     }
 
-    /// Starts the copy on its own task; the caller goes on at once.
+    /// Starts the copy on the shadow runtime; the caller goes on at once.
     pub fn launch(self) {
         self.stats.mirrored.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(self.run());
+        runner::spawn(self.run());
     }
 
     async fn run(self) {
         let ShadowJob {
-            connector,
             backend,
             request,
             body,
@@ -123,7 +120,7 @@ impl ShadowJob {
             primary,
         } = self;
         let started = Instant::now();
-        let exchange = exchange(&connector, &backend, &request, &body, started);
+        let exchange = exchange(runner::connector(), &backend, &request, &body, started);
         let mut record = match tokio::time::timeout(timeout, exchange).await {
             Ok(record) => record,
             Err(_) => ExchangeRecord {
