@@ -196,10 +196,20 @@ fn check(file: &PathBuf) -> ExitCode {
             );
             for route in &policy.routes {
                 println!(
-                    "  route {} (models: {}; sticky: {})",
+                    "  route {} (models: {}; sticky: {}{}{})",
                     route.name,
                     route.models.join(", "),
-                    route.sticky
+                    route.sticky,
+                    route
+                        .active_set
+                        .as_ref()
+                        .map(|s| format!("; active set: {s}"))
+                        .unwrap_or_default(),
+                    if route.allow_arm_override {
+                        "; arm override allowed"
+                    } else {
+                        ""
+                    }
                 );
                 for arm in route.arms.arms() {
                     let backends: Vec<&str> = arm
@@ -208,10 +218,25 @@ fn check(file: &PathBuf) -> ExitCode {
                         .map(|&b| policy.backends[b].name.as_str())
                         .collect();
                     println!(
-                        "    arm {:<12} {:>6.2}%  → {}",
+                        "    arm {:<12} {:>6.2}%  → {}{}",
                         arm.name,
                         f64::from(arm.weight_bp) / 100.0,
-                        backends.join(", ")
+                        backends.join(", "),
+                        if arm.active { "" } else { "  (standby)" }
+                    );
+                }
+                if let Some(shadow) = &route.shadow {
+                    println!(
+                        "    shadow {:>13.2}%  → {} (max_inflight {}, timeout {} ms{})",
+                        f64::from(shadow.percent_bp) / 100.0,
+                        policy.backends[shadow.backend].name,
+                        shadow.max_inflight,
+                        shadow.timeout.as_millis(),
+                        if shadow.mirror_streaming {
+                            ""
+                        } else {
+                            ", not streams"
+                        }
                     );
                 }
             }

@@ -44,17 +44,39 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        let mut cumulative = [0; BOUNDS.len()];
+        let mut running = 0;
+        for (c, bucket) in cumulative.iter_mut().zip(&self.buckets) {
+            running += bucket.load(Relaxed);
+            *c = running;
         }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        write_histogram(
+            out,
+            name,
+            labels,
+            &cumulative,
+            self.count.load(Relaxed),
+            sum,
+        );
     }
+}
+
+/// Writes one histogram's samples: `cumulative[i]` counts observations ≤ `BOUNDS[i]`.
+pub(crate) fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    cumulative: &[u64; BOUNDS.len()],
+    count: u64,
+    sum_seconds: f64,
+) {
+    for (bound, c) in BOUNDS.iter().zip(cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {c}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum_seconds}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 /// What happened to one request, as the arm's series record it.
@@ -204,9 +226,7 @@ impl Metrics {
                 pick(s).render(&mut out, name, &format!("route=\"{route}\",arm=\"{arm}\""));
             }
         }
-        for (route, shadow) in self.shadows() {
-            shadow.render(&mut out, &route);
-        }
+        ShadowStats::render_all(&mut out, &self.shadows());
         let _ = writeln!(
             out,
             "# HELP switchyard_rejected_requests_total Requests the gateway answered with an error itself, by code.\n# TYPE switchyard_rejected_requests_total counter"
@@ -264,6 +284,47 @@ mod tests {
         assert!(out.contains("x_bucket{a=\"b\",le=\"120\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+    }
+
+    /// The text format wants each family's samples in one group under one TYPE line.
+    #[test]
+    fn families_are_grouped() {
+        let m = Metrics::default();
+        for route in ["a", "b"] {
+            m.arm(route, "x")
+                .record(Outcome::Success, Duration::from_millis(1), None);
+            m.shadow(route);
+        }
+        m.record_rejected("invalid_json");
+        let text = m.render();
+        let mut finished = std::collections::HashSet::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            let name = match line.strip_prefix("# TYPE ") {
+                Some(rest) => rest.split(' ').next().unwrap().to_owned(),
+                None if line.starts_with('#') => continue,
+                None => {
+                    let metric = line.split(['{', ' ']).next().unwrap();
+                    ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| {
+                            metric
+                                .strip_suffix(s)
+                                .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+                        })
+                        .unwrap_or(metric)
+                        .to_owned()
+                }
+            };
+            if name != current {
+                assert!(
+                    finished.insert(current.clone()),
+                    "family {current} appears in two groups"
+                );
+                current = name;
+            }
+        }
+        assert!(text.contains("switchyard_shadow_in_flight{route=\"b\"} 0"));
     }
 
     #[test]

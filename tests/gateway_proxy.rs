@@ -449,3 +449,65 @@ async fn a_backend_at_max_inflight_is_skipped_then_503() {
         "the slot is free again once the first request ended"
     );
 }
+
+/// `Expect: 100-continue` gets its interim answer at once, so clients that wait for it (curl
+/// waits a second) do not stall; a body declared too large gets 413 without being sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_answered_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = sim("s1", &["m"], |_| {}).await;
+    let policy = server_section("max_body_bytes = 100000")
+        + &backend("b1", &sim.url(), "")
+        + &route("r", &["m"], "none", &[("a", &["b1"], 100.0)]);
+    let gw = start_gateway(&policy);
+    let body = chat("m", "hello").to_string();
+    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf))
+        .await
+        .expect("100 Continue within 500 ms")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).contains("\"usage\"") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let mut s = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 413"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}

@@ -803,13 +803,24 @@ fn cli_serves_until_killed() {
             "cli",
         ])
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("binary starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("one log line");
+    // Logs go to stderr; read the first line on a thread so a silent binary fails the test
+    // instead of hanging it.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stderr).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the sim logged nothing within 10 s")
+        });
     let addr: SocketAddr = line
         .split_whitespace()
         .find_map(|word| word.strip_prefix("addr=")?.parse().ok())

@@ -205,11 +205,9 @@ async fn qa_override_forces_an_arm_only_where_allowed() {
     let policy = server_section("")
         + &backend("a", &a.url(), "")
         + &backend("b", &b.url(), "")
-        + &format!(
-            "[[routes]]\nname = \"bg\"\nmodels = [\"m\"]\nactive = \"blue\"\nallow_arm_override = true\n\
+        + "[[routes]]\nname = \"bg\"\nmodels = [\"m\"]\nactive = \"blue\"\nallow_arm_override = true\n\
              [[routes.arms]]\nname = \"blue\"\nset = \"blue\"\nbackends = [\"a\"]\nweight = 100\n\
              [[routes.arms]]\nname = \"green\"\nset = \"green\"\nbackends = [\"b\"]\nweight = 100\n"
-        )
         + &route("closed", &["c"], "none", &[("only", &["a"], 100.0)]);
     let gw = start_gateway(&policy);
     let c = client();

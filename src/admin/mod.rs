@@ -152,6 +152,13 @@ impl AdminApp {
     }
 
     async fn put_config(&self, session: &mut ServerSession, query: &str) -> Response<Vec<u8>> {
+        if let Err(e) = crate::proxy::body::answer_expect_continue(session).await {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the body failed: {e}"),
+                "incomplete_body",
+            );
+        }
         let mut body = BytesMut::new();
         loop {
             match session.read_request_body().await {

@@ -102,4 +102,9 @@ pub struct ShadowSpec {
     /// The whole shadow exchange, streaming included.
     pub timeout: Duration,
     pub mirror_streaming: bool,
+    /// Optional JSONL file of sampled pairs.
+    pub samples: Option<crate::shadow::samples::SampleSpec>,
 }
+
+pub const DEFAULT_SAMPLE_PERCENT: f64 = 10.0;
+pub const DEFAULT_SAMPLE_MAX_BYTES: u64 = 64 * 1024 * 1024;

@@ -81,6 +81,12 @@ pub struct RawShadow {
     pub timeout_ms: Option<u64>,
     /// Whether streaming requests are mirrored too (default true).
     pub mirror_streaming: Option<bool>,
+    /// JSONL file of sampled pairs (both outputs and all figures) for offline review.
+    pub sample_file: Option<String>,
+    /// Share of compared pairs written to `sample_file` (default 10).
+    pub sample_percent: Option<f64>,
+    /// Size at which `sample_file` rotates to `<file>.1` (default 64 MiB).
+    pub sample_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

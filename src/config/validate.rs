@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::policy::*;
 use super::raw::{RawBackend, RawPolicy, RawRoute, RawShadow};
 use crate::routing::{ArmTable, NewArm, StickyKey, BUCKETS};
+use crate::shadow::samples::SampleSpec;
 
 /// One problem in a policy, at a field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -489,7 +490,48 @@ fn validate_shadow(
         DEFAULT_SHADOW_TIMEOUT_MS,
         errors,
     ));
+    let samples = match &s.sample_file {
+        None => {
+            if s.sample_percent.is_some() || s.sample_max_bytes.is_some() {
+                errors.push(
+                    format!("{path}.sample_file"),
+                    "sample_percent and sample_max_bytes need a sample_file",
+                );
+            }
+            None
+        }
+        Some(file) => {
+            let file_path = std::path::PathBuf::from(file);
+            let dir_ok = file_path
+                .parent()
+                .map(|d| d.as_os_str().is_empty() || d.is_dir())
+                .unwrap_or(false);
+            if file.is_empty() || !dir_ok {
+                errors.push(
+                    format!("{path}.sample_file"),
+                    format!("`{file}` is not a file path in an existing directory"),
+                );
+            }
+            let percent = weight_bp(s.sample_percent.unwrap_or(DEFAULT_SAMPLE_PERCENT));
+            if percent.is_none() {
+                errors.push(
+                    format!("{path}.sample_percent"),
+                    "must be a percentage between 0 and 100 with at most two decimals",
+                );
+            }
+            let max_bytes = s.sample_max_bytes.unwrap_or(DEFAULT_SAMPLE_MAX_BYTES);
+            if max_bytes < 4096 {
+                errors.push(format!("{path}.sample_max_bytes"), "must be at least 4096");
+            }
+            Some(SampleSpec {
+                path: file_path,
+                percent_bp: percent.unwrap_or(0),
+                max_bytes,
+            })
+        }
+    };
     Some(ShadowSpec {
+        samples,
         backend: backend?,
         percent_bp: percent_bp?,
         upstream_model: s.model.clone(),
@@ -709,6 +751,21 @@ mod tests {
                 "missing {e:?} in {errs:#?}"
             );
         }
+        let errs = errors_of(&BLUE_GREEN.replace(
+            "percent = 12.5",
+            "percent = 12.5\n          sample_file = \"/no/such/dir/pairs.jsonl\"\n          sample_max_bytes = 10",
+        ));
+        assert!(
+            errs.iter().any(|e| e.starts_with(
+                "routes[0].shadow.sample_file: `/no/such/dir/pairs.jsonl` is not a file path"
+            )),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e == "routes[0].shadow.sample_max_bytes: must be at least 4096"),
+            "{errs:?}"
+        );
         let errs = errors_of(&BLUE_GREEN.replace("active = \"blue\"", ""));
         assert!(
             errs.iter()

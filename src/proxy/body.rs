@@ -3,12 +3,28 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 
 use crate::error::GatewayError;
 
 /// How long a client may take to send its whole body: slow uploads must not pin a worker.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Clients such as curl wait (a second, for curl) for "100 Continue" before sending a large
+/// body; answer at once rather than let every big prompt pay that wait. Call it only once the
+/// body is known to be wanted (a body declared too large gets its 413 instead).
+pub async fn answer_expect_continue(session: &mut ServerSession) -> pingora::Result<()> {
+    let expects = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects {
+        session.write_continue_response().await?;
+    }
+    Ok(())
+}
 
 /// Reads the body, refusing it as soon as it is known to exceed `limit` bytes (from the
 /// `Content-Length` header before reading anything, or while reading a chunked body).
@@ -22,6 +38,9 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gat
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(GatewayError::BodyTooLarge { limit });
     }
+    answer_expect_continue(session)
+        .await
+        .map_err(|e| GatewayError::BodyRead(e.etype().as_str().to_owned()))?;
     let capacity = declared.map_or(16 * 1024, |n| n as usize);
     let read = async {
         let mut buf = BytesMut::with_capacity(capacity);

@@ -6,8 +6,7 @@
 //! fresh one. Once the response header has been written downstream the exchange is committed;
 //! a failure after that ends an SSE stream with an error event, or cuts a plain response short.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
@@ -19,16 +18,12 @@ use pingora::{Error, ErrorType};
 use super::capture::ResponseCapture;
 use super::ctx::RequestCtx;
 use super::sse::error_event;
-use super::upstream::{attempt, is_hop_header, upstream_request, Answer, AttemptError};
+use super::upstream::{attempt, is_hop_header, release, upstream_request, Answer, AttemptError};
 use crate::config::{BackendSpec, PolicySnapshot};
 use crate::error::GatewayError;
 use crate::metrics::Outcome;
 use crate::routing::{rewrite_model, Decision, RequestFacts};
 use crate::shadow::{compare, ExchangeRecord, ShadowJob};
-
-/// How long an idle upstream connection stays in the pool. Below uvicorn's 5 s keep-alive
-/// (vLLM's server) so the gateway usually drops a connection before the backend does.
-const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Why an exchange ended without a normal response.
 pub enum Failure {
@@ -48,7 +43,7 @@ impl From<GatewayError> for Failure {
 pub async fn forward(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    connector: &Arc<Connector>,
+    connector: &Connector,
     snapshot: &PolicySnapshot,
     decision: &Decision,
     facts: &RequestFacts,
@@ -59,14 +54,9 @@ pub async fn forward(
     // The copy leaves only once the primary request is on the wire (`on_sent` below).
     let mut shadow = None;
     if decision.mirror {
-        if let Some((job, link)) = ShadowJob::prepare(
-            connector,
-            snapshot,
-            decision.route,
-            facts,
-            session.req_header(),
-            &body,
-        ) {
+        if let Some((job, link)) =
+            ShadowJob::prepare(snapshot, decision.route, facts, session.req_header(), &body)
+        {
             shadow = Some(job);
             ctx.shadow_link = Some(link);
         }
@@ -241,11 +231,7 @@ async fn relay(
                 .write_response_body(None, true)
                 .await
                 .map_err(Failure::Abort)?;
-            if http.response_done() {
-                connector
-                    .release_http_session(http, &peer, Some(POOL_IDLE))
-                    .await;
-            }
+            release(connector, http, &peer).await;
             Ok(())
         }
         Some((code, message)) => {
@@ -284,6 +270,7 @@ fn primary_record(
         .unwrap_or(facts.prompt_tokens_estimate);
     let output_tokens = captured.output_tokens.unwrap_or(0);
     ExchangeRecord {
+        backend: backend.name.clone(),
         status: ctx.status,
         ok: ctx.outcome == Some(Outcome::Success),
         latency: ctx.started.elapsed(),

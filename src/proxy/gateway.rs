@@ -23,7 +23,7 @@ use crate::shadow::ExchangeRecord;
 
 pub struct Gateway {
     store: Arc<PolicyStore>,
-    connector: Arc<Connector>,
+    connector: Connector,
     rotation: AtomicUsize,
 }
 
@@ -31,7 +31,7 @@ impl Gateway {
     pub fn new(store: Arc<PolicyStore>) -> Gateway {
         Gateway {
             store,
-            connector: Arc::new(Connector::new(None)),
+            connector: Connector::new(None),
             rotation: AtomicUsize::new(0),
         }
     }
@@ -166,7 +166,12 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, _session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.in_flight.take();
         if let Some(link) = ctx.shadow_link.take() {
+            let backend = match (&ctx.snapshot, ctx.backend) {
+                (Some(s), Some(b)) => s.policy.backends[b].name.clone(),
+                _ => String::new(),
+            };
             link.send(ctx.primary_record.take().unwrap_or_else(|| ExchangeRecord {
+                backend,
                 status: ctx.status,
                 latency: ctx.started.elapsed(),
                 ..ExchangeRecord::default()

@@ -8,7 +8,7 @@
 //! routinely larger; it also keeps "retry only before the first byte reached the client" and
 //! SSE error detection in one place.
 
-mod body;
+pub(crate) mod body;
 pub mod capture;
 mod ctx;
 mod forward;

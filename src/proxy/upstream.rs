@@ -1,6 +1,8 @@
 //! The upstream leg shared by primary and shadow exchanges: build the request for a backend,
 //! connect through pingora's pooled connector, send, and wait for the response header.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header;
 use pingora::connectors::http::Connector;
@@ -13,6 +15,9 @@ use crate::config::BackendSpec;
 
 /// Attempts on one backend when pooled connections turn out to be stale.
 const STALE_RETRIES: usize = 3;
+/// How long an idle upstream connection stays in the pool. Below uvicorn's 5 s keep-alive
+/// (vLLM's server) so the gateway usually drops a connection before the backend does.
+const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the ones the gateway
 /// sets itself.
@@ -117,5 +122,16 @@ pub(crate) async fn attempt(
             Ok(Err(e)) => return Err(AttemptError::Failed(e)),
             Err(timeout) => return Err(timeout),
         }
+    }
+}
+
+/// Returns the connection to the pool when its response was read to the end; otherwise it is
+/// dropped (closed), since unread bytes would corrupt the next exchange.
+pub(crate) async fn release(connector: &Connector, http: HttpSession, peer: &HttpPeer) {
+    let mut http = http;
+    if http.response_done() {
+        connector
+            .release_http_session(http, peer, Some(POOL_IDLE))
+            .await;
     }
 }

@@ -11,6 +11,8 @@ use crate::config::policy::Price;
 /// One side of a mirrored exchange, as measured by the gateway.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExchangeRecord {
+    /// The backend's name.
+    pub backend: String,
     /// HTTP status; 0 when no response header arrived.
     pub status: u16,
     /// 2xx, and for streams: ended with `[DONE]` and no error event.

@@ -9,8 +9,11 @@
 //! a client's budget (budgets will read the primary's records, not these).
 
 pub mod compare;
+mod runner;
+pub mod samples;
 pub mod stats;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,13 +27,12 @@ pub use stats::{ShadowSlot, ShadowStats};
 
 use crate::config::{BackendSpec, PolicySnapshot, ShadowSpec};
 use crate::proxy::capture::ResponseCapture;
-use crate::proxy::upstream::{attempt, upstream_request, AttemptError};
-use crate::routing::{rewrite_model, RequestFacts};
+use crate::proxy::upstream::{attempt, release, upstream_request, AttemptError};
+use crate::routing::{rewrite_model, RequestFacts, BUCKETS};
+use samples::SampleSpec;
 
 /// The header every mirrored request carries, so backends and their logs can tell copies apart.
 pub const SHADOW_HEADER: &str = "x-switchyard-shadow";
-/// How long an idle shadow connection stays pooled (as for primaries).
-const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Hands the primary's record to the waiting shadow task. Dropping it without sending tells
 /// the task the primary left no record.
@@ -44,12 +46,13 @@ impl PrimaryLink {
 
 /// A prepared copy of one request, launched once the primary is dispatched.
 pub struct ShadowJob {
-    connector: Arc<Connector>,
     backend: BackendSpec,
     request: RequestHeader,
     body: Bytes,
     timeout: Duration,
     prompt_estimate: u64,
+    route: String,
+    samples: Option<SampleSpec>,
     stats: Arc<ShadowStats>,
     slot: ShadowSlot,
     primary: oneshot::Receiver<ExchangeRecord>,
@@ -59,7 +62,6 @@ impl ShadowJob {
     /// Prepares the copy of a request the decision chose to mirror. `None` (and a counted drop)
     /// when the route's shadow is at `max_inflight`, or when the copy cannot be built.
     pub fn prepare(
-        connector: &Arc<Connector>,
         snapshot: &PolicySnapshot,
         route: usize,
         facts: &RequestFacts,
@@ -83,12 +85,13 @@ impl ShadowJob {
         let (tx, rx) = oneshot::channel();
         Some((
             ShadowJob {
-                connector: connector.clone(),
                 backend,
                 request,
                 body,
                 timeout: spec.timeout,
                 prompt_estimate: facts.prompt_tokens_estimate,
+                route: snapshot.policy.routes[route].name.clone(),
+                samples: spec.samples.clone(),
                 stats,
                 slot,
                 primary: rx,
@@ -97,28 +100,27 @@ impl ShadowJob {
         ))
     }
 
-    /// Starts the copy on its own task; the caller goes on at once.
+    /// Starts the copy on the shadow runtime; the caller goes on at once.
     pub fn launch(self) {
-        self.stats
-            .mirrored
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::spawn(self.run());
+        self.stats.mirrored.fetch_add(1, Ordering::Relaxed);
+        runner::spawn(self.run());
     }
 
     async fn run(self) {
         let ShadowJob {
-            connector,
             backend,
             request,
             body,
             timeout,
             prompt_estimate,
+            route,
+            samples,
             stats,
             slot,
             primary,
         } = self;
         let started = Instant::now();
-        let exchange = exchange(&connector, &backend, &request, &body, started);
+        let exchange = exchange(runner::connector(), &backend, &request, &body, started);
         let mut record = match tokio::time::timeout(timeout, exchange).await {
             Ok(record) => record,
             Err(_) => ExchangeRecord {
@@ -127,6 +129,7 @@ impl ShadowJob {
             },
         };
         drop(slot);
+        record.backend = backend.name.clone();
         if record.prompt_tokens == 0 {
             record.prompt_tokens = prompt_estimate;
         }
@@ -142,6 +145,22 @@ impl ShadowJob {
         // with the request at the latest), so this wait is bounded by the primary's own life.
         let primary = primary.await.ok();
         stats.record(primary.as_ref(), &record);
+        if let (Some(spec), Some(primary)) = (samples, primary) {
+            if rand::random_range(0..BUCKETS) < spec.percent_bp {
+                let line = samples::pair_line(&route, &primary, &record);
+                let writer = stats.clone();
+                let written =
+                    tokio::task::spawn_blocking(move || writer.samples.append(&spec, &line)).await;
+                match written {
+                    Ok(Ok(())) => stats.sampled.fetch_add(1, Ordering::Relaxed),
+                    Ok(Err(e)) => {
+                        tracing::warn!(route, error = %e, "cannot write the shadow sample file");
+                        stats.sample_errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(_) => stats.sample_errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
     }
 }
 
@@ -191,13 +210,10 @@ async fn exchange(
             }
         }
     }
-    if http.response_done() {
-        connector
-            .release_http_session(http, &peer, Some(POOL_IDLE))
-            .await;
-    }
+    release(connector, http, &peer).await;
     let captured = capture.finish();
     ExchangeRecord {
+        backend: String::new(),
         status,
         ok: (200..300).contains(&status) && !captured.stream_failed,
         latency: started.elapsed(),

@@ -12,6 +12,8 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::compare::{compare, ExchangeRecord};
+use super::samples::SampleLog;
+use crate::metrics::{write_histogram, BOUNDS};
 
 /// Holds one of a route's shadow in-flight places until dropped.
 #[derive(Debug)]
@@ -60,6 +62,10 @@ pub struct ShadowStats {
     pub compared: AtomicU64,
     pub same_status: AtomicU64,
     pub exact_match: AtomicU64,
+    /// Pairs written to the route's `sample_file`, and writes that failed.
+    pub sampled: AtomicU64,
+    pub sample_errors: AtomicU64,
+    pub samples: SampleLog,
     dist: Mutex<Distributions>,
 }
 
@@ -74,6 +80,9 @@ impl Default for ShadowStats {
             compared: AtomicU64::new(0),
             same_status: AtomicU64::new(0),
             exact_match: AtomicU64::new(0),
+            sampled: AtomicU64::new(0),
+            sample_errors: AtomicU64::new(0),
+            samples: SampleLog::default(),
             dist: Mutex::new(Distributions {
                 similarity: Histogram::new_with_bounds(1, 1001, 3).expect("valid bounds"),
                 primary_latency_us: micros(),
@@ -175,6 +184,8 @@ impl ShadowStats {
             "shadow_errors": self.shadow_errors.load(Relaxed),
             "primary_errors": self.primary_errors.load(Relaxed),
             "compared": compared,
+            "sampled": self.sampled.load(Relaxed),
+            "sample_errors": self.sample_errors.load(Relaxed),
             "agreement": {"status": rate(&self.same_status), "exact_text": rate(&self.exact_match)},
             "similarity": similarity,
             "length_delta_mean": if compared == 0 { serde_json::Value::Null } else { json!(d.length_delta_sum as f64 / compared as f64) },
@@ -185,47 +196,93 @@ impl ShadowStats {
         })
     }
 
-    /// Prometheus series for this route's shadow.
-    pub fn render(&self, out: &mut String, route: &str) {
-        let l = format!("route=\"{route}\"");
-        for (name, v) in [
-            ("switchyard_shadow_requests_total", &self.mirrored),
-            ("switchyard_shadow_dropped_total", &self.dropped),
-            ("switchyard_shadow_errors_total", &self.shadow_errors),
-            ("switchyard_shadow_compared_total", &self.compared),
+    /// Renders every route's shadow series in the Prometheus text format, one family at a time
+    /// (the format wants each family's samples together).
+    pub fn render_all(out: &mut String, shadows: &[(String, Arc<ShadowStats>)]) {
+        type Counter = fn(&ShadowStats) -> &AtomicU64;
+        let counters: [(&str, &str, &str, Counter); 7] = [
+            (
+                "switchyard_shadow_requests_total",
+                "counter",
+                "Copies sent to the shadow backend.",
+                |s| &s.mirrored,
+            ),
+            (
+                "switchyard_shadow_dropped_total",
+                "counter",
+                "Copies dropped because max_inflight shadow requests were in flight.",
+                |s| &s.dropped,
+            ),
+            (
+                "switchyard_shadow_errors_total",
+                "counter",
+                "Shadow exchanges that failed.",
+                |s| &s.shadow_errors,
+            ),
+            (
+                "switchyard_shadow_compared_total",
+                "counter",
+                "Primary/shadow pairs compared.",
+                |s| &s.compared,
+            ),
             (
                 "switchyard_shadow_status_agreement_total",
-                &self.same_status,
+                "counter",
+                "Compared pairs with the same status.",
+                |s| &s.same_status,
             ),
-            ("switchyard_shadow_exact_match_total", &self.exact_match),
-            ("switchyard_shadow_in_flight", &self.in_flight),
-        ] {
-            let _ = writeln!(out, "{name}{{{l}}} {}", v.load(Relaxed));
+            (
+                "switchyard_shadow_exact_match_total",
+                "counter",
+                "Compared pairs with the very same text.",
+                |s| &s.exact_match,
+            ),
+            (
+                "switchyard_shadow_in_flight",
+                "gauge",
+                "Shadow requests in flight.",
+                |s| &s.in_flight,
+            ),
+        ];
+        for (name, kind, help, get) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (route, s) in shadows {
+                let _ = writeln!(out, "{name}{{route=\"{route}\"}} {}", get(s).load(Relaxed));
+            }
         }
-        let d = self.dist.lock();
-        for (name, h) in [
-            ("switchyard_shadow_duration_seconds", &d.shadow_latency_us),
+        type Pick = fn(&Distributions) -> &Histogram<u64>;
+        let histograms: [(&str, &str, Pick); 2] = [
+            (
+                "switchyard_shadow_duration_seconds",
+                "Shadow exchange duration.",
+                |d| &d.shadow_latency_us,
+            ),
             (
                 "switchyard_shadow_time_to_first_byte_seconds",
-                &d.shadow_ttft_us,
+                "Shadow time to first response byte.",
+                |d| &d.shadow_ttft_us,
             ),
-        ] {
-            for bound in crate::metrics::BOUNDS {
-                let us = (bound * 1e6) as u64;
-                let _ = writeln!(
+        ];
+        for (name, help, pick) in histograms {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (route, s) in shadows {
+                let d = s.dist.lock();
+                let h = pick(&d);
+                let cumulative = BOUNDS.map(|bound| h.count_between(0, (bound * 1e6) as u64));
+                let sum = if h.is_empty() {
+                    0.0
+                } else {
+                    h.mean() * h.len() as f64 / 1e6
+                };
+                write_histogram(
                     out,
-                    "{name}_bucket{{{l},le=\"{bound}\"}} {}",
-                    h.count_between(0, us)
+                    name,
+                    &format!("route=\"{route}\""),
+                    &cumulative,
+                    h.len(),
+                    sum,
                 );
             }
-            let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.len());
-            let sum = if h.is_empty() {
-                0.0
-            } else {
-                h.mean() * h.len() as f64 / 1e6
-            };
-            let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
-            let _ = writeln!(out, "{name}_count{{{l}}} {}", h.len());
         }
     }
 }
