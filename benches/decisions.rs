@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use http::HeaderMap;
 use switchyard::config::{parse_policy, PolicySource, PolicyStore};
 use switchyard::metrics::Metrics;
-use switchyard::routing::{decide, Endpoint, RequestFacts, BUCKETS};
+use switchyard::routing::{decide, Draws, Endpoint, RequestFacts, BUCKETS};
 
 const DEMO: &str = include_str!("../routes/demo.toml");
 
@@ -56,18 +56,23 @@ fn decisions(c: &mut Criterion) {
     let mut sticky = HeaderMap::new();
     sticky.insert("x-user-id", "user-1234".parse().expect("header value"));
     let anonymous = HeaderMap::new();
+    let draws = |d: u32| Draws {
+        arm_bucket: d,
+        shadow_bucket: d,
+        rotation: d as usize,
+    };
     let mut g = c.benchmark_group("decide");
     let mut draw = 0u32;
     g.bench_function("sticky_header", |b| {
         b.iter(|| {
             draw = (draw + 7919) % BUCKETS;
-            decide(&snapshot, &facts, &sticky, draw, draw as usize)
+            decide(&snapshot, &facts, &sticky, draws(draw))
         })
     });
     g.bench_function("random_draw", |b| {
         b.iter(|| {
             draw = (draw + 7919) % BUCKETS;
-            decide(&snapshot, &facts, &anonymous, draw, draw as usize)
+            decide(&snapshot, &facts, &anonymous, draws(draw))
         })
     });
     g.finish();
