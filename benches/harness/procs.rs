@@ -2,7 +2,7 @@
 //! own process group, killed with it on drop — also when the harness panics —
 //! and measured through `/proc`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -133,6 +133,7 @@ impl Proc {
         let child = cmd
             .spawn()
             .map_err(|e| format!("starting {name} ({}): {e}", program.display()))?;
+        LIVE_GROUPS.lock().insert(child.id());
         Ok(Self {
             name: name.to_owned(),
             child,
@@ -181,14 +182,57 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // The group id is the child's pid (process_group(0)).
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
+        kill_group(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        LIVE_GROUPS.lock().remove(&self.child.id());
     }
+}
+
+/// Process groups started and not yet dropped, for the signal handler: an
+/// interrupted harness must not leave sims and proxies behind.
+static LIVE_GROUPS: parking_lot::Mutex<BTreeSet<u32>> = parking_lot::Mutex::new(BTreeSet::new());
+
+/// The live scratch directory, for the signal handler.
+static SCRATCH: parking_lot::Mutex<Option<PathBuf>> = parking_lot::Mutex::new(None);
+
+/// The group id is the child's pid (`process_group(0)`).
+fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// On SIGINT or SIGTERM, kills every live child group, removes the scratch
+/// directory and exits: drops do not run when a signal ends the process.
+pub fn kill_children_on_signal() {
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime starts");
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+        for pgid in std::mem::take(&mut *LIVE_GROUPS.lock()) {
+            kill_group(pgid);
+        }
+        if let Some(dir) = SCRATCH.lock().take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        std::process::exit(130);
+    });
 }
 
 /// The last non-empty lines of a log file, for error messages.
@@ -268,6 +312,7 @@ impl ScratchDir {
             rand::random::<u32>()
         ));
         std::fs::create_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        *SCRATCH.lock() = Some(path.clone());
         Ok(Self(path))
     }
 
@@ -278,6 +323,7 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
+        SCRATCH.lock().take();
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -342,6 +342,7 @@ pub fn main(opts: Options) -> Result<()> {
             "nginx not found: install it (apt-get install -y nginx-light) or pass --nginx".into(),
         );
     }
+    crate::procs::kill_children_on_signal();
     let tmp = ScratchDir::new()?;
     let token = format!("bench-{:016x}", rand::random::<u64>());
     let ctx = Ctx {
