@@ -8,7 +8,7 @@ pub(super) fn throughput_ladder(ctx: &Ctx) -> Result<ScenarioResult> {
     let mut best: BTreeMap<Kind, f64> = BTreeMap::new();
     for t in stack.targets() {
         let mut points = Vec::new();
-        let step = |rate: f64| {
+        let once = |rate: f64| {
             let mut spec = ctx.spec(chat_body(16));
             spec.mode = Mode::Open {
                 rate,
@@ -21,12 +21,25 @@ pub(super) fn throughput_ladder(ctx: &Ctx) -> Result<ScenarioResult> {
             let pass = r.errors == 0 && r.ok > 0 && p99 < LADDER_P99.as_micros() as f64;
             (pass, p99, r)
         };
+        // A failed step is run once more: one scheduling hiccup of a few ms on
+        // a shared 2-CPU machine would otherwise end the ladder early. Both
+        // runs are kept in the JSON; the plot shows the one that counted.
+        let step = |result: &mut ScenarioResult, rate: f64| {
+            let key = format!("{}@{rate:.0}", t.kind.name());
+            let (pass, p99, r) = once(rate);
+            store(result, &key, r);
+            if pass {
+                return (pass, p99);
+            }
+            let (pass, p99, r) = once(rate);
+            store(result, &format!("{key}/retry"), r);
+            (pass, p99)
+        };
         let (mut pass_rate, mut fail_rate) = (0.0f64, None);
         let mut rate = ctx.p.ladder_start;
         while rate <= ctx.p.ladder_max {
-            let (pass, p99, r) = step(rate);
+            let (pass, p99) = step(&mut result, rate);
             points.push((rate, p99 / 1000.0));
-            store(&mut result, &format!("{}@{rate:.0}", t.kind.name()), r);
             if !pass {
                 fail_rate = Some(rate);
                 break;
@@ -37,9 +50,8 @@ pub(super) fn throughput_ladder(ctx: &Ctx) -> Result<ScenarioResult> {
         if let Some(mut hi) = fail_rate {
             for _ in 0..ctx.p.ladder_refine {
                 let mid = ((pass_rate + hi) / 2.0).round();
-                let (pass, p99, r) = step(mid);
+                let (pass, p99) = step(&mut result, mid);
                 points.push((mid, p99 / 1000.0));
-                store(&mut result, &format!("{}@{mid:.0}", t.kind.name()), r);
                 if pass {
                     pass_rate = mid;
                 } else {
@@ -74,7 +86,7 @@ pub(super) fn throughput_ladder(ctx: &Ctx) -> Result<ScenarioResult> {
         target: None,
     });
     result.notes.push(format!(
-        "rates from {:.0} ×{} per step ({:?} each), then {} bisection steps; latency from intended send time",
+        "rates from {:.0} ×{} per step ({:?} each, a failed step retried once), then {} bisection steps; latency from intended send time",
         ctx.p.ladder_start, ctx.p.ladder_factor, ctx.p.ladder_step, ctx.p.ladder_refine
     ));
     Ok(result)
