@@ -13,6 +13,7 @@ use http::header;
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use pingora::time::fast_timeout::fast_timeout;
 use pingora::{Error, ErrorType};
 
 use super::capture::ResponseCapture;
@@ -135,30 +136,32 @@ async fn relay(
     answer: Answer,
 ) -> Result<(), Failure> {
     let Answer { mut http, peer } = answer;
-    let upstream = http
-        .response_header()
-        .cloned()
-        .ok_or_else(|| GatewayError::UpstreamFailed("no response header".into()))?;
-    let status = upstream.status.as_u16();
-    ctx.status = status;
-    let is_sse = upstream
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-
-    let route = &snapshot.policy.routes[decision.route];
-    let mut down = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 5))
-        .map_err(Failure::Abort)?;
-    for (name, value) in upstream.headers.iter() {
-        if !is_hop_header(name) {
-            down.append_header(name.clone(), value.clone())
+    // Built from a borrow of the upstream header: nothing of it is cloned but the values kept.
+    let (mut down, is_sse) = {
+        let upstream = http
+            .response_header()
+            .ok_or_else(|| GatewayError::UpstreamFailed("no response header".into()))?;
+        ctx.status = upstream.status.as_u16();
+        let is_sse = upstream
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let mut down = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 5))
+            .map_err(Failure::Abort)?;
+        for (name, value) in upstream.headers.iter() {
+            if !is_hop_header(name) {
+                down.append_header(name.clone(), value.clone())
+                    .map_err(Failure::Abort)?;
+            }
+        }
+        if !upstream.headers.contains_key(header::CONTENT_LENGTH) {
+            down.insert_header(header::TRANSFER_ENCODING, "chunked")
                 .map_err(Failure::Abort)?;
         }
-    }
-    if !upstream.headers.contains_key(header::CONTENT_LENGTH) {
-        down.insert_header(header::TRANSFER_ENCODING, "chunked")
-            .map_err(Failure::Abort)?;
-    }
+        (down, is_sse)
+    };
+    let status = ctx.status;
+    let route = &snapshot.policy.routes[decision.route];
     let tags = [
         ("x-switchyard-route", route.name.as_str()),
         (
@@ -184,7 +187,7 @@ async fn relay(
             .timeouts
             .idle
             .min(deadline.saturating_duration_since(Instant::now()));
-        match tokio::time::timeout(wait, http.read_response_body()).await {
+        match fast_timeout(wait, http.read_response_body()).await {
             Ok(Ok(Some(chunk))) => {
                 ctx.first_byte.get_or_insert_with(|| ctx.started.elapsed());
                 capture.feed(&chunk);

@@ -8,6 +8,7 @@ use http::header;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
+use pingora::time::fast_timeout::fast_timeout;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::Error;
 
@@ -104,7 +105,7 @@ pub(crate) async fn attempt(
         let result = match sent.await {
             Ok(()) => {
                 on_sent();
-                tokio::time::timeout(backend.timeouts.first_byte, http.read_response_header())
+                fast_timeout(backend.timeouts.first_byte, http.read_response_header())
                     .await
                     .map_err(|_| {
                         AttemptError::Timeout("no response header within first_byte_timeout_ms")
