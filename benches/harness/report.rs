@@ -233,8 +233,17 @@ fn commit() -> String {
     let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown".into();
     };
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    // The previous run's own outputs do not make the measured code dirty.
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":!BENCHMARKS.md",
+        ":!benches/results",
+    ])
+    .is_some_and(|s| !s.is_empty());
     if dirty {
         format!("{head} (with uncommitted changes)")
     } else {
