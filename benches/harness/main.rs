@@ -5,6 +5,8 @@
 //!   cores); writes `benches/results/latest.json`, `BENCHMARKS.md` and SVG plots.
 //! - `switchyard-bench smoke`: every scenario for a fraction of a second, loose
 //!   bounds, non-zero exit on failure; for CI.
+//! - `switchyard-bench render`: rewrites `BENCHMARKS.md` and the plots from
+//!   `latest.json`, after editing `benches/findings.md`.
 //! - `switchyard-bench load URL …`: one ad-hoc run against any address.
 #![deny(unsafe_code)]
 
@@ -73,6 +75,14 @@ enum Cmd {
     Suite(SuiteArgs),
     /// A few seconds of every scenario with loose bounds, for CI.
     Smoke(SuiteArgs),
+    /// Rewrites BENCHMARKS.md and the plots from benches/results/latest.json
+    /// (after editing benches/findings.md).
+    Render {
+        #[arg(long, default_value = "benches/results")]
+        out_dir: PathBuf,
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        markdown: PathBuf,
+    },
     /// One load run against ADDR (host:port), printed as JSON.
     Load {
         addr: String,
@@ -103,6 +113,7 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Suite(args) => finish(scenarios::main(args_to_opts(args, false))),
         Cmd::Smoke(args) => finish(scenarios::main(args_to_opts(args, true))),
+        Cmd::Render { out_dir, markdown } => finish(report::render(&out_dir, &markdown)),
         Cmd::Load {
             addr,
             rate,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::scenarios::Options;
 use crate::stats::RunReport;
@@ -14,15 +14,15 @@ use crate::svg::{Chart, Scale};
 use crate::targets::Env;
 use crate::Result;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Results {
     pub meta: Meta,
     pub scenarios: Vec<ScenarioResult>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Meta {
-    pub mode: &'static str,
+    pub mode: String,
     pub command: String,
     pub commit: String,
     pub date: String,
@@ -34,7 +34,7 @@ pub struct Meta {
     pub seconds: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Machine {
     pub cores: usize,
     pub cpu_model: String,
@@ -43,7 +43,7 @@ pub struct Machine {
 }
 
 /// One scenario: its table rows, the raw runs behind them, and plot data.
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default)]
 pub struct ScenarioResult {
     pub id: u8,
     pub title: String,
@@ -65,7 +65,7 @@ impl ScenarioResult {
 }
 
 /// One table row: a metric for direct, nginx and switchyard.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Row {
     pub metric: String,
     pub cells: [Cell; 3],
@@ -88,7 +88,7 @@ impl Row {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Cell {
     pub text: String,
     /// False when the column has no figures (not installed, failed to start,
@@ -117,7 +117,7 @@ impl Cell {
 }
 
 /// A target from the issue, reported (never asserted).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Verdict {
     pub goal: String,
     pub value: Option<f64>,
@@ -169,7 +169,7 @@ impl Results {
         };
         Self {
             meta: Meta {
-                mode: if opts.smoke { "smoke" } else { "suite" },
+                mode: if opts.smoke { "smoke" } else { "suite" }.to_owned(),
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 commit: commit(),
                 date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -233,8 +233,17 @@ fn commit() -> String {
     let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]) else {
         return "unknown".into();
     };
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    // The previous run's own outputs do not make the measured code dirty.
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":!BENCHMARKS.md",
+        ":!benches/results",
+    ])
+    .is_some_and(|s| !s.is_empty());
     if dirty {
         format!("{head} (with uncommitted changes)")
     } else {
@@ -310,6 +319,22 @@ pub fn write_all(results: &Results, opts: &Options) -> Result<()> {
     };
     let json = serde_json::to_string_pretty(results).expect("results serialise");
     write(&dir.join(json_name), &json)?;
+    eprintln!("wrote {}", dir.join(json_name).display());
+    let markdown = (!opts.smoke).then_some(opts.markdown.as_path());
+    write_plots_and_markdown(results, &dir, markdown)
+}
+
+/// `switchyard-bench render`: rewrites the plots and the markdown from
+/// `latest.json`, e.g. after editing the hand-written findings.
+pub fn render(out_dir: &Path, markdown: &Path) -> Result<()> {
+    let path = out_dir.join("latest.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let results: Results =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_plots_and_markdown(&results, out_dir, Some(markdown))
+}
+
+fn write_plots_and_markdown(results: &Results, dir: &Path, markdown: Option<&Path>) -> Result<()> {
     let mut plots = Vec::new();
     for (file, title, prefix, x, y) in PLOTS {
         let series: Vec<(String, Vec<(f64, f64)>)> = results
@@ -335,14 +360,13 @@ pub fn write_all(results: &Results, opts: &Options) -> Result<()> {
         write(&dir.join(file), &chart.render())?;
         plots.push((*file, *title));
     }
-    eprintln!("wrote {}", dir.join(json_name).display());
-    if opts.smoke {
+    let Some(markdown_path) = markdown else {
         return Ok(());
-    }
+    };
     let findings = std::fs::read_to_string(FINDINGS).ok();
-    let md = markdown(results, &dir, &plots, findings.as_deref());
-    write(&opts.markdown, &md)?;
-    eprintln!("wrote {}", opts.markdown.display());
+    let md = self::markdown(results, dir, &plots, findings.as_deref());
+    write(markdown_path, &md)?;
+    eprintln!("wrote {}", markdown_path.display());
     Ok(())
 }
 
@@ -470,7 +494,7 @@ mod tests {
         });
         Results {
             meta: Meta {
-                mode: "suite",
+                mode: "suite".into(),
                 command: "switchyard-bench suite".into(),
                 commit: "abc".into(),
                 date: "2026-01-01T00:00:00Z".into(),
@@ -513,6 +537,8 @@ mod tests {
         assert_eq!(row["cells"][2]["available"], false);
         assert_eq!(row["target"]["met"], true);
         assert_eq!(row["ratio"], 1.1);
+        let back: Results = serde_json::from_value(v).expect("`render` reads it back");
+        assert_eq!(back.scenarios[0].rows[0].cells[1].text, "+20");
     }
 
     #[test]
