@@ -85,6 +85,15 @@ impl GatewayError {
     }
 }
 
+impl From<crate::routing::FactsError> for GatewayError {
+    fn from(e: crate::routing::FactsError) -> Self {
+        match e {
+            crate::routing::FactsError::Malformed(m) => GatewayError::InvalidJson(m),
+            crate::routing::FactsError::MissingModel => GatewayError::MissingModel,
+        }
+    }
+}
+
 /// `{"error": {"message": .., "type": .., "code": ..}}`.
 pub fn openai_error_body(message: &str, error_type: &str, code: &str) -> Bytes {
     let v = serde_json::json!({"error": {"message": message, "type": error_type, "code": code}});

@@ -101,7 +101,21 @@ pub struct ArmStats {
     pub ttft: Histogram,
 }
 
+/// Counts one request in its arm's in-flight gauge until dropped.
+pub struct ArmInFlight<'a>(&'a AtomicU64);
+
+impl Drop for ArmInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 impl ArmStats {
+    pub fn enter(&self) -> ArmInFlight<'_> {
+        self.in_flight.fetch_add(1, Relaxed);
+        ArmInFlight(&self.in_flight)
+    }
+
     pub fn record(&self, outcome: Outcome, latency: Duration, ttft: Option<Duration>) {
         self.requests.fetch_add(1, Relaxed);
         match outcome {

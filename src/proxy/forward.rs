@@ -75,9 +75,9 @@ pub async fn forward(
         let backend = &snapshot.policy.backends[b];
         let guard = snapshot.loads[b].enter();
         let upstream_body = match &backend.upstream_model {
-            Some(m) if *m != facts.model => rewrite_model(&body, m)
-                .map_err(|e| GatewayError::InvalidJson(e.to_string()))?
-                .into(),
+            Some(m) if *m != facts.model => {
+                rewrite_model(&body, m).map_err(GatewayError::from)?.into()
+            }
             _ => body.clone(),
         };
         let request = upstream_request(

@@ -61,10 +61,7 @@ impl Gateway {
             return Err(method_not_allowed(session).into());
         }
         let body = read_body(session, snapshot.policy.server.max_body_bytes).await?;
-        let facts = RequestFacts::parse(endpoint, &body).map_err(|e| match e {
-            crate::routing::FactsError::Malformed(m) => GatewayError::InvalidJson(m),
-            crate::routing::FactsError::MissingModel => GatewayError::MissingModel,
-        })?;
+        let facts = RequestFacts::parse(endpoint, &body).map_err(GatewayError::from)?;
         let draws = {
             let mut rng = rand::rng();
             Draws {
@@ -75,9 +72,8 @@ impl Gateway {
         };
         let decision = decide(&snapshot, &facts, &session.req_header().headers, draws)?;
         ctx.decision = Some(decision.clone());
-        let arm_stats = &snapshot.arm_stats[decision.route][decision.arm];
-        arm_stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = forward(
+        let _in_flight = snapshot.arm_stats[decision.route][decision.arm].enter();
+        forward(
             session,
             ctx,
             &self.connector,
@@ -86,9 +82,7 @@ impl Gateway {
             &facts,
             body,
         )
-        .await;
-        arm_stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        result
+        .await
     }
 }
 
