@@ -78,14 +78,7 @@ async fn sticky_keys_keep_their_arm() {
         let key = format!("user-{user}");
         let mut arms = Vec::new();
         for i in 0..5 {
-            let r = request(
-                &c,
-                "POST",
-                &url,
-                &[("content-type", "application/json"), ("x-user-id", &key)],
-                chat("m", &format!("req {i}")).to_string(),
-            )
-            .await;
+            let r = post_as(&c, &url, &key, &chat("m", &format!("req {i}"))).await;
             arms.push(r.header("x-switchyard-arm").to_owned());
             let mut body = chat("u", "x");
             body["user"] = serde_json::json!(key);

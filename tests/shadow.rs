@@ -312,14 +312,7 @@ async fn sticky_routes_mirror_the_same_users_and_streams_can_be_excluded() {
         let key = format!("user-{user}");
         let before = shadow.requests_served();
         for _ in 0..3 {
-            let r = request(
-                &c,
-                "POST",
-                &url,
-                &[("content-type", "application/json"), ("x-user-id", &key)],
-                chat("m", "x").to_string(),
-            )
-            .await;
+            let r = post_as(&c, &url, &key, &chat("m", "x")).await;
             assert_eq!(r.status, 200);
         }
         // Copies are sent right after the primary request, so they have arrived by now or soon.

@@ -29,14 +29,7 @@ async fn arms_of(url: &str, keys: &[String]) -> Vec<String> {
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for (i, key) in chunk {
-                let r = request(
-                    &c,
-                    "POST",
-                    &url,
-                    &[("content-type", "application/json"), ("x-user-id", &key)],
-                    chat("m", "x").to_string(),
-                )
-                .await;
+                let r = post_as(&c, &url, &key, &chat("m", "x")).await;
                 assert_eq!(r.status, 200);
                 got.push((i, r.header("x-switchyard-arm").to_owned()));
             }
@@ -180,14 +173,7 @@ async fn split_within_three_sigma_and_keys_stay_put() {
         let key = format!("user-{user}");
         let mut arms = HashSet::new();
         for _ in 0..100 {
-            let r = request(
-                &c,
-                "POST",
-                &url,
-                &[("content-type", "application/json"), ("x-user-id", &key)],
-                chat("s", "x").to_string(),
-            )
-            .await;
+            let r = post_as(&c, &url, &key, &chat("s", "x")).await;
             arms.insert(r.header("x-switchyard-arm").to_owned());
         }
         assert_eq!(

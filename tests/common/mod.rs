@@ -152,6 +152,23 @@ pub async fn post_json(client: &HttpClient, url: &str, body: &serde_json::Value)
     .await
 }
 
+/// Posts `body` as the user `user` (the `x-user-id` header sticky routes key on).
+pub async fn post_as(
+    client: &HttpClient,
+    url: &str,
+    user: &str,
+    body: &serde_json::Value,
+) -> Reply {
+    request(
+        client,
+        "POST",
+        url,
+        &[("content-type", "application/json"), ("x-user-id", user)],
+        body.to_string(),
+    )
+    .await
+}
+
 /// A streamed answer: status, headers, and each body frame with the time it arrived.
 pub struct Streamed {
     pub status: u16,
