@@ -94,6 +94,19 @@ impl From<crate::routing::FactsError> for GatewayError {
     }
 }
 
+impl From<crate::routing::RoutingError> for GatewayError {
+    fn from(e: crate::routing::RoutingError) -> Self {
+        use crate::routing::RoutingError;
+        match e {
+            RoutingError::UnknownModel(model) => GatewayError::UnknownModel(model),
+            RoutingError::UnknownArm { route, arm } => GatewayError::UnknownArm { route, arm },
+            RoutingError::BackendsSaturated { route, arm } => {
+                GatewayError::BackendsSaturated { route, arm }
+            }
+        }
+    }
+}
+
 /// `{"error": {"message": .., "type": .., "code": ..}}`.
 pub fn openai_error_body(message: &str, error_type: &str, code: &str) -> Bytes {
     let v = serde_json::json!({"error": {"message": message, "type": error_type, "code": code}});

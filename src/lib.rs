@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod backends;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -15,3 +16,5 @@ pub mod routing;
 pub mod server;
 pub mod shadow;
 pub mod sim;
+pub mod telemetry;
+pub mod upstream;

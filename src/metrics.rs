@@ -13,6 +13,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::shadow::ShadowStats;
+use crate::telemetry::prom;
 
 /// Upper bounds (seconds) of the latency buckets: from sub-millisecond proxy answers to long
 /// generations.
@@ -71,12 +72,7 @@ pub(crate) fn write_histogram(
     count: u64,
     sum_seconds: f64,
 ) {
-    for (bound, c) in BOUNDS.iter().zip(cumulative) {
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {c}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum_seconds}");
-    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    prom::histogram(out, name, labels, &BOUNDS, cumulative, count, sum_seconds);
 }
 
 /// What happened to one request, as the arm's series record it.
@@ -191,7 +187,12 @@ impl Metrics {
         let counter = |out: &mut String, name: &str, help: &str, get: &dyn Fn(&ArmStats) -> u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for ((route, arm), s) in &arms {
-                let _ = writeln!(out, "{name}{{route=\"{route}\",arm=\"{arm}\"}} {}", get(s));
+                prom::sample(
+                    out,
+                    name,
+                    &prom::labels(&[("route", route), ("arm", arm)]),
+                    get(s),
+                );
             }
         };
         counter(
@@ -217,10 +218,11 @@ impl Metrics {
             "# HELP switchyard_requests_in_flight Requests being proxied now.\n# TYPE switchyard_requests_in_flight gauge"
         );
         for ((route, arm), s) in &arms {
-            let _ = writeln!(
-                out,
-                "switchyard_requests_in_flight{{route=\"{route}\",arm=\"{arm}\"}} {}",
-                s.in_flight.load(Relaxed)
+            prom::sample(
+                &mut out,
+                "switchyard_requests_in_flight",
+                &prom::labels(&[("route", route), ("arm", arm)]),
+                s.in_flight.load(Relaxed),
             );
         }
         for (name, help, pick) in [
@@ -237,7 +239,11 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             for ((route, arm), s) in &arms {
-                pick(s).render(&mut out, name, &format!("route=\"{route}\",arm=\"{arm}\""));
+                pick(s).render(
+                    &mut out,
+                    name,
+                    &prom::labels(&[("route", route), ("arm", arm)]),
+                );
             }
         }
         ShadowStats::render_all(&mut out, &self.shadows());

@@ -10,6 +10,6 @@ pub mod validate;
 pub mod watch;
 
 pub use policy::{BackendSpec, BackendTimeouts, Policy, RouteSpec, ServerSettings, ShadowSpec};
-pub use snapshot::{BackendLoad, InFlightGuard, PolicySnapshot};
+pub use snapshot::PolicySnapshot;
 pub use store::{Applied, HistoryEntry, PolicySource, PolicyStore, RollbackError};
 pub use validate::{parse_policy, FieldError};

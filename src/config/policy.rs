@@ -103,7 +103,16 @@ pub struct ShadowSpec {
     pub timeout: Duration,
     pub mirror_streaming: bool,
     /// Optional JSONL file of sampled pairs.
-    pub samples: Option<crate::shadow::samples::SampleSpec>,
+    pub samples: Option<SampleSpec>,
+}
+
+/// Where and how much of a shadow's sampled pairs to write, from the route's `[routes.shadow]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleSpec {
+    pub path: std::path::PathBuf,
+    /// Share of compared pairs written, in basis points.
+    pub percent_bp: u32,
+    pub max_bytes: u64,
 }
 
 pub const DEFAULT_SAMPLE_PERCENT: f64 = 10.0;

@@ -11,8 +11,9 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use super::snapshot::{content_hash, LoadRegistry, PolicySnapshot};
+use super::snapshot::{content_hash, PolicySnapshot};
 use super::validate::{check_swap, parse_policy, FieldError};
+use crate::backends::LoadRegistry;
 use crate::metrics::Metrics;
 
 /// Where a policy version came from.

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{InFlightGuard, PolicySnapshot};
+use crate::backends::InFlightGuard;
+use crate::config::PolicySnapshot;
 use crate::metrics::Outcome;
 use crate::routing::Decision;
 use crate::shadow::{ExchangeRecord, PrimaryLink};

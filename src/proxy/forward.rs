@@ -16,15 +16,16 @@ use pingora::proxy::Session;
 use pingora::time::fast_timeout::fast_timeout;
 use pingora::{Error, ErrorType};
 
-use super::capture::ResponseCapture;
 use super::ctx::RequestCtx;
-use super::sse::error_event;
-use super::upstream::{attempt, is_hop_header, release, upstream_request, Answer, AttemptError};
 use crate::config::{BackendSpec, PolicySnapshot};
 use crate::error::GatewayError;
 use crate::metrics::Outcome;
 use crate::routing::{rewrite_model, Decision, RequestFacts};
 use crate::shadow::{compare, ExchangeRecord, ShadowJob};
+use crate::upstream::sse::error_event;
+use crate::upstream::{
+    attempt, is_hop_header, release, upstream_request, Answer, AttemptError, ResponseCapture,
+};
 
 /// Why an exchange ended without a normal response.
 pub enum Failure {

@@ -70,7 +70,8 @@ impl Gateway {
                 rotation: self.rotation.fetch_add(1, Ordering::Relaxed),
             }
         };
-        let decision = decide(&snapshot, &facts, &session.req_header().headers, draws)?;
+        let decision = decide(&snapshot, &facts, &session.req_header().headers, draws)
+            .map_err(GatewayError::from)?;
         ctx.decision = Some(decision.clone());
         let _in_flight = snapshot.arm_stats[decision.route][decision.arm].enter();
         forward(

@@ -9,12 +9,9 @@
 //! SSE error detection in one place.
 
 pub(crate) mod body;
-pub mod capture;
 mod ctx;
 mod forward;
 mod gateway;
-pub mod sse;
-pub(crate) mod upstream;
 
 pub use ctx::RequestCtx;
 pub use gateway::Gateway;

@@ -2,16 +2,17 @@
 //! which backends in which order. No I/O, no clocks, no randomness of their own; the proxy
 //! supplies the random draw and the rotation.
 
+pub mod api_key;
 pub mod arm;
 pub mod backend;
 pub mod facts;
 
+pub use api_key::ApiKeyHash;
 pub use arm::{choose_arm, sticky_bucket, Arm, ArmTable, NewArm, StickyKey, BUCKETS};
 pub use backend::order_by_load;
 pub use facts::{rewrite_model, Endpoint, FactsError, RequestFacts};
 
 use crate::config::PolicySnapshot;
-use crate::error::GatewayError;
 
 /// Where one request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,17 @@ pub struct Decision {
     pub backends: Vec<usize>,
     /// Whether a copy goes to the route's shadow backend.
     pub mirror: bool,
+}
+
+/// Why no decision could be made for a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoutingError {
+    #[error("no route serves model `{0}`")]
+    UnknownModel(String),
+    #[error("route `{route}` has no arm named `{arm}`")]
+    UnknownArm { route: String, arm: String },
+    #[error("every backend of route `{route}` arm `{arm}` is at its in-flight limit")]
+    BackendsSaturated { route: String, arm: String },
 }
 
 /// The randomness a decision may use, drawn by the caller.
@@ -46,10 +58,10 @@ pub fn decide(
     facts: &RequestFacts,
     headers: &http::HeaderMap,
     draws: Draws,
-) -> Result<Decision, GatewayError> {
+) -> Result<Decision, RoutingError> {
     let (route_index, route) = snapshot
         .route_for_model(&facts.model)
-        .ok_or_else(|| GatewayError::UnknownModel(facts.model.clone()))?;
+        .ok_or_else(|| RoutingError::UnknownModel(facts.model.clone()))?;
     let key = route.sticky.value(headers, facts);
     let forced = match headers.get(ARM_OVERRIDE_HEADER) {
         // Without the route's consent the header is ignored, not an error: clients may send it
@@ -60,7 +72,7 @@ pub fn decide(
                 route
                     .arms
                     .position(&name)
-                    .ok_or_else(|| GatewayError::UnknownArm {
+                    .ok_or_else(|| RoutingError::UnknownArm {
                         route: route.name.clone(),
                         arm: name.into_owned(),
                     })?,
@@ -82,7 +94,7 @@ pub fn decide(
         draws.rotation,
     );
     if backends.is_empty() {
-        return Err(GatewayError::BackendsSaturated {
+        return Err(RoutingError::BackendsSaturated {
             route: route.name.clone(),
             arm: arm.name.clone(),
         });

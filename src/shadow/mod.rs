@@ -26,9 +26,8 @@ pub use compare::ExchangeRecord;
 pub use stats::{ShadowSlot, ShadowStats};
 
 use crate::config::{BackendSpec, PolicySnapshot, ShadowSpec};
-use crate::proxy::capture::ResponseCapture;
-use crate::proxy::upstream::{attempt, release, upstream_request, AttemptError};
 use crate::routing::{rewrite_model, RequestFacts, BUCKETS};
+use crate::upstream::{attempt, release, upstream_request, AttemptError, ResponseCapture};
 use samples::SampleSpec;
 
 /// The header every mirrored request carries, so backends and their logs can tell copies apart.

@@ -12,15 +12,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::compare::{compare, ExchangeRecord};
-
-/// Where and how much to write, from the route's `[routes.shadow]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SampleSpec {
-    pub path: PathBuf,
-    /// Share of compared pairs written, in basis points.
-    pub percent_bp: u32,
-    pub max_bytes: u64,
-}
+pub use crate::config::policy::SampleSpec;
 
 struct OpenFile {
     path: PathBuf,

@@ -14,6 +14,7 @@ use serde_json::json;
 use super::compare::{compare, ExchangeRecord};
 use super::samples::SampleLog;
 use crate::metrics::{write_histogram, BOUNDS};
+use crate::telemetry::prom;
 
 /// Holds one of a route's shadow in-flight places until dropped.
 #[derive(Debug)]
@@ -247,7 +248,12 @@ impl ShadowStats {
         for (name, kind, help, get) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (route, s) in shadows {
-                let _ = writeln!(out, "{name}{{route=\"{route}\"}} {}", get(s).load(Relaxed));
+                prom::sample(
+                    out,
+                    name,
+                    &prom::labels(&[("route", route)]),
+                    get(s).load(Relaxed),
+                );
             }
         }
         type Pick = fn(&Distributions) -> &Histogram<u64>;
@@ -277,7 +283,7 @@ impl ShadowStats {
                 write_histogram(
                     out,
                     name,
-                    &format!("route=\"{route}\""),
+                    &prom::labels(&[("route", route)]),
                     &cumulative,
                     h.len(),
                     sum,

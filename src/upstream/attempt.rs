@@ -1,10 +1,9 @@
-//! The upstream leg shared by primary and shadow exchanges: build the request for a backend,
-//! connect through pingora's pooled connector, send, and wait for the response header.
+//! One attempt on one backend: connect through pingora's pooled connector, send the request,
+//! and wait for the response header; and the pool release once its answer was read.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -20,67 +19,20 @@ const STALE_RETRIES: usize = 3;
 /// (vLLM's server) so the gateway usually drops a connection before the backend does.
 const POOL_IDLE: Duration = Duration::from_secs(4);
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the ones the gateway
-/// sets itself.
-pub(crate) fn is_hop_header(name: &header::HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-pub(crate) fn upstream_request(
-    client: &RequestHeader,
-    backend: &BackendSpec,
-    body_len: usize,
-    client_addr: Option<String>,
-) -> pingora::Result<RequestHeader> {
-    let path = client
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), None)?;
-    for (name, value) in client.headers.iter() {
-        if is_hop_header(name)
-            || name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::EXPECT
-        {
-            continue;
-        }
-        req.append_header(name.clone(), value.clone())?;
-    }
-    req.insert_header(header::HOST, backend.authority.as_str())?;
-    req.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
-    if let Some(addr) = client_addr {
-        req.append_header("x-forwarded-for", addr)?;
-    }
-    Ok(req)
-}
-
 /// The upstream leg after the response header arrived.
-pub(crate) struct Answer {
+pub struct Answer {
     pub http: HttpSession,
     pub peer: HttpPeer,
 }
 
-pub(crate) enum AttemptError {
+pub enum AttemptError {
     /// No connection could be made: safe to try another backend.
     Connect(Box<Error>),
     Timeout(&'static str),
     Failed(Box<Error>),
 }
 
-pub(crate) async fn attempt(
+pub async fn attempt(
     connector: &Connector,
     backend: &BackendSpec,
     request: &RequestHeader,
@@ -128,7 +80,7 @@ pub(crate) async fn attempt(
 
 /// Returns the connection to the pool when its response was read to the end; otherwise it is
 /// dropped (closed), since unread bytes would corrupt the next exchange.
-pub(crate) async fn release(connector: &Connector, http: HttpSession, peer: &HttpPeer) {
+pub async fn release(connector: &Connector, http: HttpSession, peer: &HttpPeer) {
     let mut http = http;
     if http.response_done() {
         connector

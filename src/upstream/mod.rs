@@ -1,0 +1,14 @@
+//! The upstream leg, shared by the proxy's exchange and the shadow copies (and, later, health
+//! checks): the request a backend receives, one attempt on one backend, and what the gateway
+//! learns from a response body as it passes (the SSE scanner and the capture built on it).
+//!
+//! Nothing here writes to a client: what to do with an answer is the caller's business.
+
+pub mod attempt;
+pub mod capture;
+pub mod request;
+pub mod sse;
+
+pub use attempt::{attempt, release, Answer, AttemptError};
+pub use capture::{Captured, ResponseCapture};
+pub use request::{is_hop_header, upstream_request};
