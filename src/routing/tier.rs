@@ -51,6 +51,44 @@ pub struct TierPlan {
     pub overflow_down: bool,
 }
 
+impl std::fmt::Display for TierCondition {
+    /// `prompt_tokens ≥ 2000, tools, plan = pro` — or `always` for a rule with no condition.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(n) = self.prompt_tokens_at_least {
+            parts.push(format!("prompt_tokens ≥ {n}"));
+        }
+        if let Some(n) = self.prompt_tokens_below {
+            parts.push(format!("prompt_tokens < {n}"));
+        }
+        if let Some(n) = self.max_tokens_at_least {
+            parts.push(format!("max_tokens ≥ {n}"));
+        }
+        for (name, value) in [
+            ("tools", self.tools),
+            ("json_mode", self.json_mode),
+            ("stream", self.stream),
+        ] {
+            match value {
+                Some(true) => parts.push(name.to_owned()),
+                Some(false) => parts.push(format!("no {name}")),
+                None => {}
+            }
+        }
+        if let Some((name, value)) = &self.header {
+            parts.push(format!("header {name} = {value:?}"));
+        }
+        if let Some(plan) = &self.plan {
+            parts.push(format!("plan = {plan}"));
+        }
+        if parts.is_empty() {
+            f.write_str("always")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
 impl TierCondition {
     fn holds(&self, facts: &RequestFacts, headers: &http::HeaderMap, plan: Option<&str>) -> bool {
         let prompt = facts.prompt_tokens_estimate;
