@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod redis;
 pub mod routing;
 pub mod server;
 pub mod shadow;

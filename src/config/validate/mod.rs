@@ -9,6 +9,7 @@ use super::policy::*;
 use super::raw::RawPolicy;
 
 mod backend;
+mod redis;
 mod route;
 mod server;
 mod shadow;
@@ -112,11 +113,17 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
         }
     }
 
+    let redis = raw
+        .redis
+        .as_ref()
+        .and_then(|r| redis::validate_redis(r, &mut errors));
+
     if errors.0.is_empty() {
         Ok(Policy {
             server,
             backends,
             routes,
+            redis,
         })
     } else {
         Err(errors.0)
