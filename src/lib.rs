@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod cost;
 pub mod error;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod redis;
