@@ -15,6 +15,41 @@ pub struct RawPolicy {
     pub backends: Vec<RawBackend>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// `[cache]`: settings of the response cache shared by every route.
+    pub cache: Option<RawCache>,
+}
+
+/// `[cache]`: the process-wide response cache.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Bytes the in-process cache may hold, all routes together.
+    pub max_bytes: Option<u64>,
+    /// How long a request waits for an identical one already on its way upstream.
+    pub single_flight_wait_ms: Option<u64>,
+}
+
+/// `[routes.cache]`: whether and how a route's answers are cached.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// Off switch that keeps the section (default on when the section is present).
+    pub enabled: Option<bool>,
+    /// Lifetime of an entry, in seconds.
+    pub ttl_s: Option<u64>,
+    /// Longest lifetime a client may ask for with `x-switchyard-cache-ttl`.
+    pub max_ttl_s: Option<u64>,
+    /// Largest answer stored; bigger ones are relayed but not kept.
+    pub max_entry_bytes: Option<u64>,
+    /// `deterministic` (temperature 0 or a seed; every embeddings request) or `all`.
+    pub requests: Option<String>,
+    /// `global` or `api-key` (entries of one hashed credential serve only that credential).
+    pub scope: Option<String>,
+    /// Top-level body fields left out of the key (for fields that never change the answer).
+    #[serde(default)]
+    pub ignore_fields: Vec<String>,
+    /// Whether a hit is billed like the upstream answer it replays (default: free).
+    pub charge_hits: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -68,6 +103,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub arms: Vec<RawArm>,
     pub shadow: Option<RawShadow>,
+    pub cache: Option<RawRouteCache>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

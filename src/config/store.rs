@@ -147,7 +147,7 @@ impl PolicyStore {
             });
         }
         let policy = parse_policy(text)?;
-        check_swap(&running.policy.server, &policy.server)?;
+        check_swap(&running.policy, &policy)?;
         let version = inner.next_version;
         let limit = policy.server.history_limit;
         let snapshot = Arc::new(PolicySnapshot::build(
