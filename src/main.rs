@@ -87,9 +87,31 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// The response cache: `show` (entries, bytes, hit ratio per route, Redis state) or
+    /// `clear` (every in-process entry, or one route's with --route).
+    Cache {
+        #[command(subcommand)]
+        verb: CacheVerb,
+    },
     /// Run a simulated OpenAI-compatible model server (latency model, prefix KV cache, fault
     /// injection) for demos, tests and benches.
     Sim(switchyard::sim::SimArgs),
+}
+
+#[derive(Subcommand)]
+enum CacheVerb {
+    /// Entries, bytes, hits/misses/bypasses and hit ratio per route, L2 (Redis) state.
+    Show {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Drop the in-process entries (all, or one route's); Redis entries expire by their TTL.
+    Clear {
+        #[arg(long)]
+        route: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
 }
 
 fn main() -> ExitCode {
@@ -135,6 +157,21 @@ fn main() -> ExitCode {
         }
         Command::History { target } => admin(&target, "GET", "/admin/config/history", None, false),
         Command::Shadow { target } => admin(&target, "GET", "/admin/shadow", None, false),
+        Command::Cache {
+            verb: CacheVerb::Show { target },
+        } => admin(&target, "GET", "/admin/cache", None, false),
+        Command::Cache {
+            verb: CacheVerb::Clear { route, target },
+        } => {
+            let path = match route {
+                Some(r) => format!(
+                    "/admin/cache?route={}",
+                    url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
+                ),
+                None => "/admin/cache".to_owned(),
+            };
+            admin(&target, "DELETE", &path, None, true)
+        }
         Command::Sim(args) => match switchyard::sim::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("sim: {e}")),
@@ -239,9 +276,55 @@ fn check(file: &PathBuf) -> ExitCode {
                         }
                     );
                 }
+                print_cost_plan(&policy, route);
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// The route's tier plan, retry settings and fallback routes, as `check` shows them.
+fn print_cost_plan(policy: &switchyard::config::Policy, route: &switchyard::config::RouteSpec) {
+    let tier = |i: usize| policy.tier_name(i).unwrap_or("-").to_owned();
+    if !policy.tiers.is_empty() {
+        let t = &route.tiering;
+        println!(
+            "    tiers: start {} by default; try upward{}{}",
+            tier(t.default_tier),
+            if t.overflow_down {
+                ", then downward"
+            } else {
+                ""
+            },
+            if t.allow_client_tier {
+                "; clients may choose with x-switchyard-tier"
+            } else {
+                ""
+            }
+        );
+        for (i, rule) in t.rules.iter().enumerate() {
+            println!("      rule {}: {} → {}", i + 1, rule.when, tier(rule.tier));
+        }
+    }
+    let r = &route.retry;
+    let on: Vec<&str> = r.on.iter().map(|f| f.as_str()).collect();
+    println!(
+        "    retry on [{}], at most {} attempt(s), budget {}% + {}/s{}",
+        on.join(", "),
+        r.max_attempts,
+        r.budget_percent,
+        r.budget_min_per_second,
+        r.ttft_timeout
+            .map(|t| format!(", TTFT timeout {} ms", t.as_millis()))
+            .unwrap_or_default()
+    );
+    if !route.fallback_routes.is_empty() {
+        let names: Vec<&str> = route
+            .fallback_routes
+            .iter()
+            .map(|&i| policy.routes[i].name.as_str())
+            .collect();
+        println!("    fallback routes: {}", names.join(", "));
     }
 }
 

@@ -48,7 +48,7 @@ impl AdminApp {
             (Method::GET, "/metrics") => Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "text/plain; version=0.0.4")
-                .body(self.store.metrics().render().into_bytes())
+                .body(self.metrics_text().into_bytes())
                 .unwrap_or_default(),
             (Method::GET, "/admin/config") => self.get_config(&query),
             (Method::GET, "/admin/config/history") => {
@@ -62,6 +62,19 @@ impl AdminApp {
                 json_response(StatusCode::OK, &json!({"versions": entries}))
             }
             (Method::GET, "/admin/shadow") => self.shadow_report(),
+            (Method::GET, "/admin/cache") => {
+                json_response(StatusCode::OK, &self.store.cache().report())
+            }
+            (Method::DELETE, "/admin/cache") => {
+                if let Err(denied) = auth::check(session, &self.store) {
+                    return *denied;
+                }
+                // Only L1 is cleared: Redis entries are shared with other replicas and expire
+                // by their TTL.
+                let route = query_param(&query, "route").map(percent_decode);
+                let removed = self.store.cache().clear(route.as_deref());
+                json_response(StatusCode::OK, &json!({"removed": removed, "route": route}))
+            }
             (Method::PUT, "/admin/config") => {
                 if let Err(denied) = auth::check(session, &self.store) {
                     return *denied;
@@ -81,7 +94,8 @@ impl AdminApp {
                 | "/metrics"
                 | "/admin/config"
                 | "/admin/config/history"
-                | "/admin/rollback",
+                | "/admin/rollback"
+                | "/admin/cache",
             ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &format!("Method {method} is not allowed on {path}."),
@@ -93,6 +107,14 @@ impl AdminApp {
                 "unknown_url",
             ),
         }
+    }
+
+    /// Everything `/metrics` shows: the request series, then the shared Redis client's.
+    fn metrics_text(&self) -> String {
+        let mut out = self.store.metrics().render();
+        self.store.redis().render(&mut out);
+        self.store.cache().render(&mut out);
+        out
     }
 
     /// Per route: the running shadow configuration (if any) and everything mirrored so far

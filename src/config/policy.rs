@@ -5,7 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::routing::{ArmTable, StickyKey};
+use std::collections::HashMap;
+
+use crate::routing::fallback::RetryPolicy;
+use crate::routing::tier::TierPlan;
+use crate::routing::{ApiKeyHash, ArmTable, StickyKey};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -17,13 +21,35 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_TOTAL_TIMEOUT_MS: u64 = 600_000;
+/// Redis sits beside the request path: a slow answer must cost a request little.
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT_MS: u64 = 100;
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "switchyard";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub server: ServerSettings,
+    /// Cost tiers, cheapest first; empty when the policy declares none (one implicit tier).
+    pub tiers: Vec<String>,
+    /// Hashed API key → plan name, for tier rules.
+    pub plans: HashMap<ApiKeyHash, String>,
     pub backends: Vec<BackendSpec>,
     pub routes: Vec<RouteSpec>,
     pub cache: CacheSettings,
+    /// `[redis]`: absent means every shared counter and cache stays local to this process.
+    pub redis: Option<crate::redis::RedisSettings>,
+}
+
+impl Policy {
+    /// How many tiers candidates are ordered over (at least 1).
+    pub fn tier_count(&self) -> usize {
+        self.tiers.len().max(1)
+    }
+
+    /// The display name of tier `index`, if the policy names its tiers.
+    pub fn tier_name(&self, index: usize) -> Option<&str> {
+        self.tiers.get(index).map(String::as_str)
+    }
 }
 
 /// Settings of the process itself. `listen`, `admin_listen` and `threads` are bound at start-up;
@@ -48,7 +74,10 @@ pub struct BackendSpec {
     pub authority: String,
     /// When set, the request's `model` is rewritten to this before it goes upstream.
     pub upstream_model: Option<String>,
+    /// The tier name as written (shown in `x-switchyard-tier`).
     pub tier: Option<String>,
+    /// Index into the policy's tiers (0 when the policy has none).
+    pub tier_rank: usize,
     pub price: Option<Price>,
     pub max_inflight: u32,
     pub timeouts: BackendTimeouts,
@@ -58,6 +87,8 @@ pub struct BackendSpec {
 pub struct Price {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    /// Prompt tokens served from the backend's prefix cache; `None` bills them as input.
+    pub cached_input_per_mtok: Option<f64>,
 }
 
 /// Per-backend deadlines of one upstream exchange.
@@ -86,6 +117,11 @@ pub struct RouteSpec {
     pub shadow: Option<ShadowSpec>,
     /// `None` when the route caches nothing: its requests are not even parsed for a key.
     pub cache: Option<RouteCacheSpec>,
+    /// Which tier a request starts from, and how far candidates may move.
+    pub tiering: TierPlan,
+    /// Indexes of routes tried after this one's own candidates.
+    pub fallback_routes: Vec<usize>,
+    pub retry: RetryPolicy,
 }
 
 pub const DEFAULT_SHADOW_MAX_INFLIGHT: u64 = 32;

@@ -14,7 +14,9 @@ use parking_lot::Mutex;
 use super::snapshot::{content_hash, PolicySnapshot};
 use super::validate::{check_swap, parse_policy, FieldError};
 use crate::backends::LoadRegistry;
+use crate::cache::ResponseCache;
 use crate::metrics::Metrics;
+use crate::redis::SharedRedis;
 
 /// Where a policy version came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +77,10 @@ pub struct PolicyStore {
     inner: Mutex<Inner>,
     loads: LoadRegistry,
     metrics: Arc<Metrics>,
+    /// Follows the running policy's `[redis]` (reconnects when a swap changes it).
+    redis: Arc<SharedRedis>,
+    /// The response cache, sized by the start-up policy's `[cache]`; kept across versions.
+    cache: Arc<ResponseCache>,
 }
 
 impl PolicyStore {
@@ -90,6 +96,9 @@ impl PolicyStore {
             &metrics,
         ));
         metrics.policy_version.store(1, Ordering::Relaxed);
+        let redis = Arc::new(SharedRedis::new());
+        redis.configure(snapshot.policy.redis.as_ref());
+        let cache = Arc::new(ResponseCache::new(snapshot.policy.cache, redis.clone()));
         let entry = HistoryEntry {
             version: 1,
             activated_at: SystemTime::now(),
@@ -105,6 +114,8 @@ impl PolicyStore {
             }),
             loads,
             metrics,
+            redis,
+            cache,
         })
     }
 
@@ -115,6 +126,17 @@ impl PolicyStore {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The process's one Redis client (budgets, response cache, fleet), configured from the
+    /// running policy.
+    pub fn redis(&self) -> &Arc<SharedRedis> {
+        &self.redis
+    }
+
+    /// The process's response cache.
+    pub fn cache(&self) -> &Arc<ResponseCache> {
+        &self.cache
     }
 
     /// Validates `text` and, when valid, swaps it in as a new version in one atomic store.
@@ -169,6 +191,7 @@ impl PolicyStore {
             inner.history.pop_front();
         }
         self.current.store(snapshot.clone());
+        self.redis.configure(snapshot.policy.redis.as_ref());
         self.metrics
             .policy_version
             .store(version, Ordering::Relaxed);
