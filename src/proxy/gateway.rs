@@ -22,9 +22,9 @@ use super::relay::relay;
 use super::{observe, Failure};
 use crate::config::PolicyStore;
 use crate::error::GatewayError;
-use crate::routing::tier::{plan_of, start_tier};
+use crate::routing::tier::start_tier;
 use crate::routing::{
-    candidates, choose_arm, match_route, ApiKeyHash, Draws, Endpoint, RequestFacts, BUCKETS,
+    candidates, choose_arm, match_route, plan_for, Draws, Endpoint, RequestFacts, BUCKETS,
 };
 use crate::shadow::ShadowJob;
 use crate::telemetry::Outcome;
@@ -90,7 +90,7 @@ impl Gateway {
         ctx.record.arm = Some(choice.arm);
         // The lookup sits after the arm choice (the key names the arm and its models) and
         // before candidate ordering: a hit needs no backend at all.
-        let plan = crate::cache::plan(
+        let cache_plan = crate::cache::plan(
             &snapshot,
             route_index,
             choice.arm,
@@ -105,19 +105,14 @@ impl Gateway {
             ctx,
             &snapshot,
             route_index,
-            plan,
+            cache_plan,
         )
         .await?
         {
             return Ok(());
         }
         let headers = &session.req_header().headers;
-        // Hashing the credential costs a SHA-256: only when a plan could matter.
-        let plan = if snapshot.policy.plans.is_empty() {
-            None
-        } else {
-            plan_of(&snapshot.policy.plans, ApiKeyHash::from_headers(headers))
-        };
+        let plan = plan_for(&snapshot, headers);
         let start = start_tier(
             &route.tiering,
             &snapshot.policy.tiers,
@@ -133,6 +128,7 @@ impl Gateway {
             start,
             &facts,
             headers,
+            plan,
             draws,
             |b| snapshot.backend_view(b, now, &facts),
         )
