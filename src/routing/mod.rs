@@ -5,11 +5,14 @@
 pub mod api_key;
 pub mod arm;
 pub mod backend;
+pub mod balance;
 pub mod facts;
+pub mod prefix;
 
 pub use api_key::ApiKeyHash;
 pub use arm::{choose_arm, sticky_bucket, Arm, ArmTable, NewArm, StickyKey, BUCKETS};
 pub use backend::order_by_load;
+pub use balance::{BackendView, Balance, BalanceDraws, PrefixBalance, ScrapeView, ScrapedLoad};
 pub use facts::{rewrite_model, Endpoint, FactsError, RequestFacts};
 
 use crate::config::PolicySnapshot;

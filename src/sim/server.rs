@@ -350,7 +350,7 @@ impl SimState {
         }
         let in_flight = self.admit(&generation.model)?;
         let prompt_tokens = count_tokens(&generation.prompt);
-        let hashes = block_hashes(&generation.prompt, self.kv_block_tokens);
+        let hashes = block_hashes(&generation.model, &generation.prompt, self.kv_block_tokens);
         let cached_tokens = self.prefix_cache.lock().admit(prompt_tokens, &hashes);
         let completion_tokens = output_tokens(generation.max_tokens, self.max_output_tokens);
         let plan = self
