@@ -56,23 +56,30 @@ fn decisions(c: &mut Criterion) {
     let mut sticky = HeaderMap::new();
     sticky.insert("x-user-id", "user-1234".parse().expect("header value"));
     let anonymous = HeaderMap::new();
+    let now = std::time::Instant::now();
     let draws = |d: u32| Draws {
         arm_bucket: d,
         shadow_bucket: d,
         rotation: d as usize,
+        explore: d,
+        pick: d as usize,
     };
     let mut g = c.benchmark_group("decide");
     let mut draw = 0u32;
     g.bench_function("sticky_header", |b| {
         b.iter(|| {
             draw = (draw + 7919) % BUCKETS;
-            decide(&snapshot, &facts, &sticky, draws(draw))
+            decide(&snapshot, &facts, &sticky, draws(draw), |b| {
+                snapshot.backend_views(b, &facts.prefix_blocks, now)
+            })
         })
     });
     g.bench_function("random_draw", |b| {
         b.iter(|| {
             draw = (draw + 7919) % BUCKETS;
-            decide(&snapshot, &facts, &anonymous, draws(draw))
+            decide(&snapshot, &facts, &anonymous, draws(draw), |b| {
+                snapshot.backend_views(b, &facts.prefix_blocks, now)
+            })
         })
     });
     g.finish();

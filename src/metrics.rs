@@ -13,6 +13,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::shadow::ShadowStats;
+use crate::telemetry::prefix::PrefixStats;
 use crate::telemetry::prom;
 
 /// Upper bounds (seconds) of the latency buckets: from sub-millisecond proxy answers to long
@@ -135,6 +136,7 @@ impl ArmStats {
 pub struct Metrics {
     arms: Mutex<BTreeMap<(String, String), Arc<ArmStats>>>,
     shadows: Mutex<BTreeMap<String, Arc<ShadowStats>>>,
+    prefixes: Mutex<BTreeMap<String, Arc<PrefixStats>>>,
     /// Requests answered by the gateway itself with an error, by error code.
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     pub policy_version: AtomicU64,
@@ -155,6 +157,15 @@ impl Metrics {
     /// The shadow series of `route`, created on first use.
     pub fn shadow(&self, route: &str) -> Arc<ShadowStats> {
         self.shadows
+            .lock()
+            .entry(route.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The prefix-affinity series of `route`, created on first use.
+    pub fn prefix(&self, route: &str) -> Arc<PrefixStats> {
+        self.prefixes
             .lock()
             .entry(route.to_owned())
             .or_default()
@@ -247,6 +258,13 @@ impl Metrics {
             }
         }
         ShadowStats::render_all(&mut out, &self.shadows());
+        let prefixes: Vec<_> = self
+            .prefixes
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        PrefixStats::render_all(&mut out, &prefixes);
         let _ = writeln!(
             out,
             "# HELP switchyard_rejected_requests_total Requests the gateway answered with an error itself, by code.\n# TYPE switchyard_rejected_requests_total counter"

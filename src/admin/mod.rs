@@ -6,6 +6,7 @@
 //! refused outright rather than left open.
 
 mod auth;
+mod backends;
 
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ impl AdminApp {
                 json_response(StatusCode::OK, &json!({"versions": entries}))
             }
             (Method::GET, "/admin/shadow") => self.shadow_report(),
+            (Method::GET, "/admin/backends") => backends::report(&self.store.current()),
             (Method::PUT, "/admin/config") => {
                 if let Err(denied) = auth::check(session, &self.store) {
                     return *denied;
@@ -81,6 +83,7 @@ impl AdminApp {
                 | "/metrics"
                 | "/admin/config"
                 | "/admin/config/history"
+                | "/admin/backends"
                 | "/admin/rollback",
             ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -303,7 +306,7 @@ fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

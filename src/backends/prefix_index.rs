@@ -69,7 +69,7 @@ fn on_ladder(p: usize) -> bool {
         return true;
     }
     let octave = usize::BITS - 1 - p.leading_zeros();
-    p % (1 << (octave - 3)) == 0
+    p.is_multiple_of(1 << (octave - 3))
 }
 
 /// The process-wide prefix index, shared by every policy version.
@@ -116,9 +116,11 @@ impl PrefixIndex {
             if self.entries.get(&hash).is_some_and(|h| h.holds(backend)) {
                 continue;
             }
-            self.entries
-                .entry(hash)
-                .and_upsert_with(|old| old.map(|e| e.into_value()).unwrap_or_default().with(backend, stamp));
+            self.entries.entry(hash).and_upsert_with(|old| {
+                old.map(|e| e.into_value())
+                    .unwrap_or_default()
+                    .with(backend, stamp)
+            });
         }
     }
 
@@ -174,7 +176,9 @@ mod tests {
     use super::*;
 
     fn chain(seed: u64, n: usize) -> Vec<u64> {
-        (0..n as u64).map(|i| xxh3_64(&[seed, i].map(u64::to_le_bytes).concat())).collect()
+        (0..n as u64)
+            .map(|i| xxh3_64(&[seed, i].map(u64::to_le_bytes).concat()))
+            .collect()
     }
 
     #[test]
@@ -199,7 +203,11 @@ mod tests {
         let mut turn2 = turn1.clone();
         turn2.extend(chain(2, 5));
         assert_eq!(index.matches(&turn2, &[5, 7, 9]), vec![0, 10, 0]);
-        assert_eq!(index.matches(&chain(3, 10), &[7]), vec![0], "another prompt");
+        assert_eq!(
+            index.matches(&chain(3, 10), &[7]),
+            vec![0],
+            "another prompt"
+        );
     }
 
     #[test]
@@ -240,7 +248,11 @@ mod tests {
         index.record(1, &p);
         assert_eq!(index.matches(&p, &[1]), vec![4]);
         std::thread::sleep(Duration::from_millis(120));
-        assert_eq!(index.matches(&p, &[1]), vec![0], "forgotten after the idle time");
+        assert_eq!(
+            index.matches(&p, &[1]),
+            vec![0],
+            "forgotten after the idle time"
+        );
     }
 
     #[test]

@@ -249,7 +249,10 @@ vllm:prefix_cache_hits_total{engine="0",model_name="x"} 1.2e3
                     vllm:num_requests_waiting 2\n\
                     vllm:gpu_cache_usage_perc{model_name=\"m\"} 0.75\n";
         let load = parse_metrics(text).unwrap();
-        assert_eq!((load.running, load.waiting, load.kv_usage), (1.0, 2.0, 0.75));
+        assert_eq!(
+            (load.running, load.waiting, load.kv_usage),
+            (1.0, 2.0, 0.75)
+        );
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct RawPrefix {
     pub kv_weight: Option<f64>,
     /// Multiple of the mean load no backend is preferred beyond.
     pub load_bound: Option<f64>,
+    /// Load (requests) at or below which a backend is never over the bound.
+    pub load_bound_floor: Option<f64>,
     /// Share of requests (percent) sent to a random backend within the bound.
     pub explore_percent: Option<f64>,
 }

@@ -4,13 +4,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::policy::{Policy, RouteSpec};
-use crate::backends::{BackendLoad, LoadRegistry};
+use crate::backends::{BackendLoad, LoadRegistry, PrefixIndex};
 use crate::metrics::{ArmStats, Metrics};
+use crate::routing::{BackendView, ScrapeView};
 use crate::shadow::ShadowStats;
+use crate::telemetry::prefix::PrefixStats;
 
 /// The running policy: validated content, version, and runtime handles.
 pub struct PolicySnapshot {
@@ -25,6 +28,10 @@ pub struct PolicySnapshot {
     pub arm_stats: Vec<Vec<Arc<ArmStats>>>,
     /// Parallel to `policy.routes`: the shadow series of routes that mirror.
     pub shadow_stats: Vec<Option<Arc<ShadowStats>>>,
+    /// Parallel to `policy.routes`: the prefix-affinity series of routes balanced by prefix.
+    pub prefix_stats: Vec<Option<Arc<PrefixStats>>>,
+    /// Which backends recently served which prompt blocks; one per process.
+    pub prefix_index: Arc<PrefixIndex>,
     model_index: HashMap<String, usize>,
 }
 
@@ -34,6 +41,7 @@ impl PolicySnapshot {
         policy: Policy,
         source: String,
         loads: &LoadRegistry,
+        prefix_index: &Arc<PrefixIndex>,
         metrics: &Metrics,
     ) -> PolicySnapshot {
         let model_index = policy
@@ -63,9 +71,16 @@ impl PolicySnapshot {
             .iter()
             .map(|r| r.shadow.as_ref().map(|_| metrics.shadow(&r.name)))
             .collect();
+        let prefix_stats = policy
+            .routes
+            .iter()
+            .map(|r| r.balance.block_shape().map(|_| metrics.prefix(&r.name)))
+            .collect();
         PolicySnapshot {
             version,
             shadow_stats,
+            prefix_stats,
+            prefix_index: prefix_index.clone(),
             content_hash: content_hash(&source),
             policy,
             source,
@@ -80,6 +95,47 @@ impl PolicySnapshot {
         self.model_index
             .get(model)
             .map(|&i| (i, &self.policy.routes[i]))
+    }
+
+    /// How old a successful scrape may be before its figures count as unknown.
+    pub fn scrape_stale_after(&self) -> Duration {
+        self.policy
+            .server
+            .scrape_interval
+            .map_or(Duration::ZERO, crate::backends::scrape::stale_after)
+    }
+
+    /// The balance strategy's view of `backends` (indexes into the policy's backends) for a
+    /// prompt with these prefix blocks, as of `now`: in-flight counts, scraped load, and — when
+    /// there are blocks — how many of them each backend is believed to hold.
+    pub fn backend_views(
+        &self,
+        backends: &[usize],
+        blocks: &[u64],
+        now: Instant,
+    ) -> Vec<BackendView> {
+        let stale_after = self.scrape_stale_after();
+        let matched = if blocks.is_empty() {
+            vec![0; backends.len()]
+        } else {
+            let ids: Vec<_> = backends.iter().map(|&b| self.loads[b].id()).collect();
+            self.prefix_index.matches(blocks, &ids)
+        };
+        backends
+            .iter()
+            .zip(matched)
+            .map(|(&b, matched_blocks)| BackendView {
+                backend: b,
+                in_flight: self.loads[b].in_flight(),
+                max_inflight: self.policy.backends[b].max_inflight,
+                scrape: if self.policy.server.scrape_interval.is_some() {
+                    self.loads[b].scrape_view(now, stale_after)
+                } else {
+                    ScrapeView::Unknown
+                },
+                matched_blocks,
+            })
+            .collect()
     }
 
     /// Every model name some route serves, in policy order.

@@ -27,6 +27,8 @@ pub struct RequestCtx {
     /// Set when the request is mirrored: the shadow task waits for the primary's record.
     pub(super) shadow_link: Option<PrimaryLink>,
     pub(super) primary_record: Option<ExchangeRecord>,
+    /// `(matched, prompt)` prefix blocks of the answering backend, on prefix-balanced routes.
+    pub prefix_match: Option<(usize, usize)>,
 }
 
 impl RequestCtx {
@@ -43,6 +45,7 @@ impl RequestCtx {
             in_flight: None,
             shadow_link: None,
             primary_record: None,
+            prefix_match: None,
         }
     }
 }

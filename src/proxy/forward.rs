@@ -27,6 +27,10 @@ use crate::upstream::{
     attempt, is_hop_header, release, upstream_request, Answer, AttemptError, ResponseCapture,
 };
 
+/// With `debug_headers`, on answers of prefix-balanced routes: `MATCHED/BLOCKS`, the prompt
+/// blocks the answering backend was believed to hold, of the prompt's hashed blocks.
+pub const PREFIX_MATCH_HEADER: &str = "x-switchyard-prefix-match";
+
 /// Why an exchange ended without a normal response.
 pub enum Failure {
     /// Nothing was sent to the client yet: answer with this error.
@@ -72,7 +76,7 @@ pub async fn forward(
         Some(inet) => inet.ip().to_string(),
         None => a.to_string(),
     });
-    for &b in &decision.backends {
+    for (position, &b) in decision.backends.iter().enumerate() {
         let backend = &snapshot.policy.backends[b];
         let guard = snapshot.loads[b].enter();
         let upstream_body = match &backend.upstream_model {
@@ -81,6 +85,12 @@ pub async fn forward(
             }
             _ => body.clone(),
         };
+        if !facts.prefix_blocks.is_empty() {
+            // At dispatch, before the answer: a burst sharing this prefix must see where it went.
+            snapshot
+                .prefix_index
+                .record(snapshot.loads[b].id(), &facts.prefix_blocks);
+        }
         let request = upstream_request(
             session.req_header(),
             backend,
@@ -91,6 +101,13 @@ pub async fn forward(
         match attempt(connector, backend, &request, &upstream_body, &mut on_sent).await {
             Ok(answer) => {
                 ctx.backend = Some(b);
+                if !facts.prefix_blocks.is_empty() {
+                    let matched = decision.matched_blocks.get(position).copied().unwrap_or(0);
+                    ctx.prefix_match = Some((matched, facts.prefix_blocks.len()));
+                    if let Some(stats) = &snapshot.prefix_stats[decision.route] {
+                        stats.record(matched, facts.prefix_blocks.len());
+                    }
+                }
                 ctx.in_flight = Some(guard);
                 return relay(
                     session, ctx, connector, snapshot, decision, facts, backend, answer,
@@ -176,6 +193,12 @@ async fn relay(
     }
     down.insert_header("x-switchyard-policy-version", snapshot.version.to_string())
         .map_err(Failure::Abort)?;
+    if let (true, Some((matched, blocks))) =
+        (snapshot.policy.server.debug_headers, ctx.prefix_match)
+    {
+        down.insert_header(PREFIX_MATCH_HEADER, format!("{matched}/{blocks}"))
+            .map_err(Failure::Abort)?;
+    }
     session
         .write_response_header(Box::new(down), false)
         .await

@@ -61,17 +61,32 @@ impl Gateway {
             return Err(method_not_allowed(session).into());
         }
         let body = read_body(session, snapshot.policy.server.max_body_bytes).await?;
-        let facts = RequestFacts::parse(endpoint, &body).map_err(GatewayError::from)?;
+        let facts = RequestFacts::parse_with_prefix(endpoint, &body, |model| {
+            snapshot
+                .route_for_model(model)
+                .and_then(|(_, route)| route.balance.block_shape())
+        })
+        .map_err(GatewayError::from)?;
         let draws = {
             let mut rng = rand::rng();
             Draws {
                 arm_bucket: rng.random_range(0..BUCKETS),
                 shadow_bucket: rng.random_range(0..BUCKETS),
                 rotation: self.rotation.fetch_add(1, Ordering::Relaxed),
+                explore: rng.random_range(0..10_000),
+                pick: rng.random::<u32>() as usize,
             }
         };
-        let decision = decide(&snapshot, &facts, &session.req_header().headers, draws)
-            .map_err(GatewayError::from)?;
+        let decision = decide(
+            &snapshot,
+            &facts,
+            &session.req_header().headers,
+            draws,
+            |backends| {
+                snapshot.backend_views(backends, &facts.prefix_blocks, std::time::Instant::now())
+            },
+        )
+        .map_err(GatewayError::from)?;
         ctx.decision = Some(decision.clone());
         let _in_flight = snapshot.arm_stats[decision.route][decision.arm].enter();
         forward(

@@ -5,12 +5,13 @@
 //! - `least_inflight`: fewest requests in flight first, ties rotated.
 //! - `round_robin`: the backends in turn.
 //! - `prefix`: the backend whose KV cache most likely holds the prompt's prefix, unless that
-//!   would pile load on it. Each backend within the load bound is scored
-//!   `prefix_weight × matched/prompt blocks + load_weight × (1 − load/(highest load + 1))
-//!   + kv_weight × (1 − KV usage)`; backends whose load would pass `load_bound` × the mean load
-//!   go after every backend within it (fewest loaded first); and an `explore_percent` share of
-//!   requests puts a random backend within the bound first, so the index learns about backends
-//!   it would otherwise never try.
+//!   would pile load on it. Each backend within the load bound is scored as
+//!   `prefix_weight × matched/prompt blocks` plus `load_weight × (1 − load/(highest load + 1))`
+//!   plus `kv_weight × (1 − KV usage)`. Backends whose load would pass `load_bound` × the mean
+//!   load (and `load_bound_floor`, so that a request or two on an idle fleet is no pile-up) go
+//!   after every backend within it, fewest loaded first. An `explore_percent` share of requests
+//!   puts a random backend within the bound first, so the index learns about backends it would
+//!   otherwise never try.
 //!
 //! A backend's load is its requests in flight from this gateway, or — when its `/metrics` scrape
 //! is fresh — the larger of that and its own running + waiting count. A backend without a fresh
@@ -53,6 +54,7 @@ pub const DEFAULT_PREFIX_WEIGHT: f64 = 3.0;
 pub const DEFAULT_LOAD_WEIGHT: f64 = 1.0;
 pub const DEFAULT_KV_WEIGHT: f64 = 0.5;
 pub const DEFAULT_LOAD_BOUND: f64 = 1.5;
+pub const DEFAULT_LOAD_BOUND_FLOOR: f64 = 4.0;
 pub const DEFAULT_EXPLORE_PERCENT: f64 = 1.0;
 
 /// The knobs of `balance = "prefix"` (`[routes.prefix]`).
@@ -66,6 +68,9 @@ pub struct PrefixBalance {
     /// No backend is preferred for its prefix while its load would exceed this multiple of the
     /// mean load (the new request counted); at least 1.
     pub load_bound: f64,
+    /// A backend whose load, this request counted, stays at or below this is never over the
+    /// bound: at low load the mean is tiny and the multiple alone would scatter every prefix.
+    pub load_bound_floor: f64,
     /// Share of requests, in basis points, that put a random backend within the bound first.
     pub explore_bp: u32,
 }
@@ -81,6 +86,7 @@ impl Default for PrefixBalance {
             load_weight: DEFAULT_LOAD_WEIGHT,
             kv_weight: DEFAULT_KV_WEIGHT,
             load_bound: DEFAULT_LOAD_BOUND,
+            load_bound_floor: DEFAULT_LOAD_BOUND_FLOOR,
             explore_bp: (DEFAULT_EXPLORE_PERCENT * 100.0) as u32,
         }
     }
@@ -204,9 +210,8 @@ fn order_by_prefix(
     let total: f64 = open.iter().map(|(_, b)| b.load()).sum();
     let highest = open.iter().map(|(_, b)| b.load()).fold(0.0, f64::max);
     // Bounded loads: with the new request counted, nobody may go past the bound × the mean.
-    let cap = (knobs.load_bound.max(1.0) * (total + 1.0) / open.len() as f64)
-        .ceil()
-        .max(1.0);
+    let cap =
+        (knobs.load_bound.max(1.0) * (total + 1.0) / open.len() as f64).max(knobs.load_bound_floor);
     let mut within: Vec<(f64, usize, usize)> = Vec::with_capacity(open.len());
     let mut over: Vec<(f64, usize, usize)> = Vec::new();
     for &(pos, b) in open {
@@ -329,11 +334,20 @@ mod tests {
 
     #[test]
     fn a_backend_over_the_load_bound_loses_its_prefix_advantage() {
-        // Mean load with the new request: (9 + 0 + 1 + 0 + 1) / 4 = 2.75; 1.5 × that → 5.
+        // Mean load with the new request: (9 + 0 + 1 + 0 + 1) / 4 = 2.75; 1.5 × that = 4.125.
         let views = [view(0, 9, 10), view(1, 0, 0), view(2, 1, 0), view(3, 0, 0)];
         let order = order(&prefix(0), &views, 10, NO_DRAWS);
         assert_ne!(order[0], 0, "{order:?}");
         assert_eq!(*order.last().unwrap(), 0, "over the bound goes last");
+    }
+
+    #[test]
+    fn below_the_floor_nobody_is_over_the_bound() {
+        // Mean with the new request: 4 / 4 = 1; 1.5 × that = 1.5, but the floor is 4.
+        let views = [view(0, 3, 10), view(1, 0, 0), view(2, 0, 0), view(3, 0, 0)];
+        assert_eq!(order(&prefix(0), &views, 10, NO_DRAWS)[0], 0);
+        let views = [view(0, 4, 10), view(1, 0, 0), view(2, 0, 0), view(3, 0, 0)];
+        assert_ne!(order(&prefix(0), &views, 10, NO_DRAWS)[0], 0);
     }
 
     #[test]

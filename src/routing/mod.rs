@@ -4,14 +4,12 @@
 
 pub mod api_key;
 pub mod arm;
-pub mod backend;
 pub mod balance;
 pub mod facts;
 pub mod prefix;
 
 pub use api_key::ApiKeyHash;
 pub use arm::{choose_arm, sticky_bucket, Arm, ArmTable, NewArm, StickyKey, BUCKETS};
-pub use backend::order_by_load;
 pub use balance::{BackendView, Balance, BalanceDraws, PrefixBalance, ScrapeView, ScrapedLoad};
 pub use facts::{rewrite_model, Endpoint, FactsError, RequestFacts};
 
@@ -26,6 +24,9 @@ pub struct Decision {
     pub arm: usize,
     /// The arm's backends to try, in order (indexes into the snapshot's backends).
     pub backends: Vec<usize>,
+    /// Parallel to `backends`: leading prompt blocks each is believed to hold (all 0 unless the
+    /// route balances by prefix).
+    pub matched_blocks: Vec<usize>,
     /// Whether a copy goes to the route's shadow backend.
     pub mirror: bool,
 }
@@ -50,17 +51,24 @@ pub struct Draws {
     pub shadow_bucket: u32,
     /// Breaks ties between equally loaded backends.
     pub rotation: usize,
+    /// Uniform in `0..10_000`: whether a prefix-balanced request explores.
+    pub explore: u32,
+    /// Uniform: which backend an exploring request tries first.
+    pub pick: usize,
 }
 
 /// The header a QA client sets to force an arm on routes with `allow_arm_override`.
 pub const ARM_OVERRIDE_HEADER: &str = "x-switchyard-arm";
 
-/// Decides route, arm, backend order and mirroring for a request.
+/// Decides route, arm, backend order and mirroring for a request. `views(backends)` gives the
+/// balance strategy its view of the chosen arm's backends (load, scraped figures, matched
+/// prefix; see [`balance`]).
 pub fn decide(
     snapshot: &PolicySnapshot,
     facts: &RequestFacts,
     headers: &http::HeaderMap,
     draws: Draws,
+    views: impl FnOnce(&[usize]) -> Vec<BackendView>,
 ) -> Result<Decision, RoutingError> {
     let (route_index, route) = snapshot
         .route_for_model(&facts.model)
@@ -86,16 +94,26 @@ pub fn decide(
     let arm_index =
         forced.unwrap_or_else(|| choose_arm(&route.arms, &route.salt, key, draws.arm_bucket));
     let arm = &route.arms.arms()[arm_index];
-    let backends = order_by_load(
-        &arm.backends,
-        |b| {
-            (
-                snapshot.loads[b].in_flight(),
-                snapshot.policy.backends[b].max_inflight,
-            )
+    let views = views(&arm.backends);
+    let backends = balance::order(
+        &route.balance,
+        &views,
+        facts.prefix_blocks.len(),
+        BalanceDraws {
+            rotation: draws.rotation,
+            explore: draws.explore,
+            pick: draws.pick,
         },
-        draws.rotation,
     );
+    let matched_blocks = backends
+        .iter()
+        .map(|b| {
+            views
+                .iter()
+                .find(|v| v.backend == *b)
+                .map_or(0, |v| v.matched_blocks)
+        })
+        .collect();
     if backends.is_empty() {
         return Err(RoutingError::BackendsSaturated {
             route: route.name.clone(),
@@ -110,6 +128,7 @@ pub fn decide(
         route: route_index,
         arm: arm_index,
         backends,
+        matched_blocks,
         mirror,
     })
 }

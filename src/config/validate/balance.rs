@@ -71,6 +71,13 @@ fn validate_prefix(
         1.0,
         1000.0,
     );
+    let load_bound_floor = in_range(
+        "load_bound_floor",
+        raw.load_bound_floor,
+        DEFAULT_LOAD_BOUND_FLOOR,
+        1.0,
+        1_000_000.0,
+    );
     let explore = in_range(
         "explore_percent",
         raw.explore_percent,
@@ -98,6 +105,7 @@ fn validate_prefix(
         load_weight,
         kv_weight,
         load_bound,
+        load_bound_floor,
         explore_bp: (explore * 100.0).round() as u32,
     }
 }
