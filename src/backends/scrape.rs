@@ -1,4 +1,4 @@
-//! Backend load, scraped: every backend's `/metrics` polled in the background for vLLM's
+//! Backend load, scraped: the `/metrics` of every backend a prefix-balanced route uses, polled in the background for vLLM's
 //! `vllm:num_requests_running`, `vllm:num_requests_waiting` and `vllm:kv_cache_usage_perc`, so
 //! load-aware balancing sees requests other gateways sent and the backend's own queue.
 //!
@@ -25,8 +25,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::BackendLoad;
-use crate::config::PolicyStore;
-use crate::routing::{ScrapeView, ScrapedLoad};
+use crate::config::{PolicySnapshot, PolicyStore};
+use crate::routing::{Balance, ScrapeView, ScrapedLoad};
 
 /// A `/metrics` answer larger than this is refused: vLLM's is tens of KiB.
 pub const MAX_METRICS_BYTES: usize = 4 * 1024 * 1024;
@@ -183,12 +183,14 @@ impl BackgroundService for BackendScraper {
             };
             let timeout = (interval * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
             let next = tokio::time::Instant::now() + interval;
-            let scrapes = snapshot
-                .policy
-                .backends
-                .iter()
-                .zip(&snapshot.loads)
-                .map(|(backend, load)| scrape_into(&client, &backend.url, load, timeout));
+            let scrapes = scraped_backends(&snapshot).into_iter().map(|b| {
+                scrape_into(
+                    &client,
+                    &snapshot.policy.backends[b].url,
+                    &snapshot.loads[b],
+                    timeout,
+                )
+            });
             tokio::select! {
                 _ = futures::future::join_all(scrapes) => {}
                 _ = shutdown.changed() => return,
@@ -200,6 +202,22 @@ impl BackgroundService for BackendScraper {
             }
         }
     }
+}
+
+/// The backends whose load some decision reads: those of routes balanced by prefix. Others are
+/// left alone (no traffic to their `/metrics` that nobody uses).
+pub fn scraped_backends(snapshot: &PolicySnapshot) -> Vec<usize> {
+    let mut wanted = vec![false; snapshot.policy.backends.len()];
+    for route in &snapshot.policy.routes {
+        if matches!(route.balance, Balance::Prefix(_)) {
+            for arm in route.arms.arms() {
+                for &b in &arm.backends {
+                    wanted[b] = true;
+                }
+            }
+        }
+    }
+    (0..wanted.len()).filter(|&b| wanted[b]).collect()
 }
 
 async fn scrape_into(client: &HttpClient, url: &str, load: &BackendLoad, timeout: Duration) {
