@@ -70,7 +70,7 @@ fn decisions(c: &mut Criterion) {
         b.iter(|| {
             draw = (draw + 7919) % BUCKETS;
             decide(&snapshot, &facts, &sticky, draws(draw), |b| {
-                snapshot.backend_views(b, &facts.prefix_blocks, now)
+                snapshot.backend_view(b, now, &facts)
             })
         })
     });
@@ -78,7 +78,7 @@ fn decisions(c: &mut Criterion) {
         b.iter(|| {
             draw = (draw + 7919) % BUCKETS;
             decide(&snapshot, &facts, &anonymous, draws(draw), |b| {
-                snapshot.backend_views(b, &facts.prefix_blocks, now)
+                snapshot.backend_view(b, now, &facts)
             })
         })
     });

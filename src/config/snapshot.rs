@@ -11,9 +11,16 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::policy::{Policy, RouteSpec};
 use crate::backends::{BackendLoad, LoadRegistry, PrefixIndex};
 use crate::metrics::{ArmStats, Metrics};
-use crate::routing::{BackendView, ScrapeView};
+use crate::routing::candidates::expected_cost;
+use crate::routing::{BackendView, RequestFacts, ScrapeView};
 use crate::shadow::ShadowStats;
+use crate::telemetry::attempts::{BackendAttempts, RouteRetries};
 use crate::telemetry::prefix::PrefixStats;
+use crate::telemetry::usage::UsageHandles;
+
+/// Output tokens assumed for a request that sets no `max_tokens`, when ordering candidates by
+/// what the request would cost.
+const ASSUMED_OUTPUT_TOKENS: u64 = 256;
 
 /// The running policy: validated content, version, and runtime handles.
 pub struct PolicySnapshot {
@@ -32,6 +39,12 @@ pub struct PolicySnapshot {
     pub prefix_stats: Vec<Option<Arc<PrefixStats>>>,
     /// Which backends recently served which prompt blocks; one per process.
     pub prefix_index: Arc<PrefixIndex>,
+    /// Parallel to `policy.routes`: retry budget and fallback counts.
+    pub route_retries: Vec<Arc<RouteRetries>>,
+    /// Parallel to `policy.backends`: attempts by result.
+    pub backend_attempts: Vec<Arc<BackendAttempts>>,
+    /// Token and cost series, resolved on first use.
+    pub usage: UsageHandles,
     model_index: HashMap<String, usize>,
 }
 
@@ -76,8 +89,21 @@ impl PolicySnapshot {
             .iter()
             .map(|r| r.balance.block_shape().map(|_| metrics.prefix(&r.name)))
             .collect();
+        let route_retries = policy
+            .routes
+            .iter()
+            .map(|r| metrics.attempts.route(&r.name))
+            .collect();
+        let backend_attempts = policy
+            .backends
+            .iter()
+            .map(|b| metrics.attempts.backend(&b.name))
+            .collect();
         PolicySnapshot {
             version,
+            route_retries,
+            backend_attempts,
+            usage: UsageHandles::default(),
             shadow_stats,
             prefix_stats,
             prefix_index: prefix_index.clone(),
@@ -105,37 +131,41 @@ impl PolicySnapshot {
             .map_or(Duration::ZERO, crate::backends::scrape::stale_after)
     }
 
-    /// The balance strategy's view of `backends` (indexes into the policy's backends) for a
-    /// prompt with these prefix blocks, as of `now`: in-flight counts, scraped load, and — when
-    /// there are blocks — how many of them each backend is believed to hold.
-    pub fn backend_views(
-        &self,
-        backends: &[usize],
-        blocks: &[u64],
-        now: Instant,
-    ) -> Vec<BackendView> {
-        let stale_after = self.scrape_stale_after();
-        let matched = if blocks.is_empty() {
-            vec![0; backends.len()]
+    /// What candidate ordering sees of backend `b` at `now` for the request of `facts`: its
+    /// tier, load, cooldown, what the request would cost there, its scraped load and — when the
+    /// request's prefix was hashed — how many of its blocks the backend is believed to hold.
+    pub fn backend_view(&self, b: usize, now: Instant, facts: &RequestFacts) -> BackendView {
+        let spec = &self.policy.backends[b];
+        let load = &self.loads[b];
+        BackendView {
+            tier: spec.tier_rank,
+            in_flight: load.in_flight(),
+            max_inflight: spec.max_inflight,
+            cooling: load.cooling(now),
+            expected_cost: spec.price.as_ref().map_or(0.0, |p| {
+                expected_cost(
+                    facts.prompt_tokens_estimate,
+                    facts.max_tokens.unwrap_or(ASSUMED_OUTPUT_TOKENS),
+                    p.input_per_mtok,
+                    p.output_per_mtok,
+                )
+            }),
+            scrape: if self.policy.server.scrape_interval.is_some() {
+                load.scrape_view(now, self.scrape_stale_after())
+            } else {
+                ScrapeView::Unknown
+            },
+            matched_blocks: self.matched_blocks(b, &facts.prefix_blocks),
+        }
+    }
+
+    /// Leading blocks of `blocks` backend `b` is believed to hold (0 without blocks).
+    pub fn matched_blocks(&self, b: usize, blocks: &[u64]) -> usize {
+        if blocks.is_empty() {
+            0
         } else {
-            let ids: Vec<_> = backends.iter().map(|&b| self.loads[b].id()).collect();
-            self.prefix_index.matches(blocks, &ids)
-        };
-        backends
-            .iter()
-            .zip(matched)
-            .map(|(&b, matched_blocks)| BackendView {
-                backend: b,
-                in_flight: self.loads[b].in_flight(),
-                max_inflight: self.policy.backends[b].max_inflight,
-                scrape: if self.policy.server.scrape_interval.is_some() {
-                    self.loads[b].scrape_view(now, stale_after)
-                } else {
-                    ScrapeView::Unknown
-                },
-                matched_blocks,
-            })
-            .collect()
+            self.prefix_index.matches(blocks, &[self.loads[b].id()])[0]
+        }
     }
 
     /// Every model name some route serves, in policy order.

@@ -115,9 +115,9 @@ pub enum ScrapeView {
     Failing,
 }
 
-/// One backend as the strategy sees it.
+/// One backend of a tier as the strategy sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackendView {
+pub struct BalanceView {
     /// Index into the snapshot's backends.
     pub backend: usize,
     pub in_flight: u32,
@@ -127,7 +127,7 @@ pub struct BackendView {
     pub matched_blocks: usize,
 }
 
-impl BackendView {
+impl BalanceView {
     fn load(&self) -> f64 {
         let own = f64::from(self.in_flight);
         match self.scrape {
@@ -166,7 +166,7 @@ pub struct BalanceDraws {
 /// blocks; the caller tries them in this order. Backends at their `max_inflight` are left out.
 pub fn order(
     balance: &Balance,
-    backends: &[BackendView],
+    backends: &[BalanceView],
     prompt_blocks: usize,
     draws: BalanceDraws,
 ) -> Vec<usize> {
@@ -191,7 +191,7 @@ pub fn order(
             v.into_iter().map(|(_, _, b)| b).collect()
         }
         Balance::Prefix(knobs) => {
-            let open: Vec<(usize, &BackendView)> = open.collect();
+            let open: Vec<(usize, &BalanceView)> = open.collect();
             order_by_prefix(knobs, &open, prompt_blocks, draws, turn)
         }
     }
@@ -199,7 +199,7 @@ pub fn order(
 
 fn order_by_prefix(
     knobs: &PrefixBalance,
-    open: &[(usize, &BackendView)],
+    open: &[(usize, &BalanceView)],
     prompt_blocks: usize,
     draws: BalanceDraws,
     turn: impl Fn(usize) -> usize,
@@ -248,8 +248,8 @@ fn order_by_prefix(
 mod tests {
     use super::*;
 
-    fn view(backend: usize, in_flight: u32, matched: usize) -> BackendView {
-        BackendView {
+    fn view(backend: usize, in_flight: u32, matched: usize) -> BalanceView {
+        BalanceView {
             backend,
             in_flight,
             max_inflight: 100,
