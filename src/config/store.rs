@@ -15,6 +15,7 @@ use super::snapshot::{content_hash, PolicySnapshot};
 use super::validate::{check_swap, parse_policy, FieldError};
 use crate::backends::{LoadRegistry, PrefixIndex};
 use crate::metrics::Metrics;
+use crate::redis::SharedRedis;
 
 /// Where a policy version came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,8 @@ pub struct PolicyStore {
     loads: LoadRegistry,
     prefix_index: Arc<PrefixIndex>,
     metrics: Arc<Metrics>,
+    /// Follows the running policy's `[redis]` (reconnects when a swap changes it).
+    redis: Arc<SharedRedis>,
 }
 
 impl PolicyStore {
@@ -93,6 +96,8 @@ impl PolicyStore {
             &metrics,
         ));
         metrics.policy_version.store(1, Ordering::Relaxed);
+        let redis = Arc::new(SharedRedis::new());
+        redis.configure(snapshot.policy.redis.as_ref());
         let entry = HistoryEntry {
             version: 1,
             activated_at: SystemTime::now(),
@@ -109,6 +114,7 @@ impl PolicyStore {
             loads,
             prefix_index,
             metrics,
+            redis,
         })
     }
 
@@ -119,6 +125,12 @@ impl PolicyStore {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The process's one Redis client (budgets, response cache, fleet), configured from the
+    /// running policy.
+    pub fn redis(&self) -> &Arc<SharedRedis> {
+        &self.redis
     }
 
     /// Validates `text` and, when valid, swaps it in as a new version in one atomic store.
@@ -178,6 +190,7 @@ impl PolicyStore {
         let live: std::collections::HashSet<_> = snapshot.loads.iter().map(|l| l.id()).collect();
         self.prefix_index
             .retain_backends(move |id| live.contains(&id));
+        self.redis.configure(snapshot.policy.redis.as_ref());
         self.metrics
             .policy_version
             .store(version, Ordering::Relaxed);

@@ -11,6 +11,7 @@ use super::raw::RawPolicy;
 mod backend;
 mod balance;
 mod cost;
+mod redis;
 mod route;
 mod server;
 mod shadow;
@@ -128,6 +129,11 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
         }
     }
 
+    let redis = raw
+        .redis
+        .as_ref()
+        .and_then(|r| redis::validate_redis(r, &mut errors));
+
     if errors.0.is_empty() {
         Ok(Policy {
             server,
@@ -135,6 +141,7 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
             plans,
             backends,
             routes,
+            redis,
         })
     } else {
         Err(errors.0)
