@@ -124,6 +124,8 @@ fn tier(c: &mut Criterion) {
                 arm_bucket: draw,
                 shadow_bucket: draw,
                 rotation: draw as usize,
+                explore: draw,
+                pick: draw as usize,
             };
             decide(&snapshot, &facts, &headers, draws, |b| {
                 snapshot.backend_view(b, now, &facts)
