@@ -225,6 +225,22 @@ mod tests {
     }
 
     #[test]
+    fn prefix_balance_orders_within_a_tier_and_never_across() {
+        // 0,1: tier 0; 2,3: tier 1. Backend 1 holds the prefix in tier 0, backend 3 in tier 1;
+        // backend 2 holds more of it than anyone but sits in the dearer tier.
+        let mut views = [v(0, 0, 0.0), v(0, 0, 0.0), v(1, 0, 0.0), v(1, 0, 0.0)];
+        views[1].matched_blocks = 4;
+        views[2].matched_blocks = 2;
+        views[3].matched_blocks = 8;
+        let prefix = Balance::Prefix(crate::routing::PrefixBalance {
+            explore_bp: 0,
+            ..Default::default()
+        });
+        let order = order_backends(&[0, 1, 2, 3], 0, 2, false, &prefix, 8, |b| views[b], rot(0));
+        assert_eq!(order, vec![1, 0, 3, 2]);
+    }
+
+    #[test]
     fn expected_cost_is_linear_in_tokens() {
         assert!((expected_cost(1_000_000, 500_000, 1.0, 2.0) - 2.0).abs() < 1e-12);
     }
