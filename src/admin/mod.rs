@@ -6,6 +6,7 @@
 //! refused outright rather than left open.
 
 mod auth;
+mod backends;
 
 use std::sync::Arc;
 
@@ -75,6 +76,7 @@ impl AdminApp {
                 let removed = self.store.cache().clear(route.as_deref());
                 json_response(StatusCode::OK, &json!({"removed": removed, "route": route}))
             }
+            (Method::GET, "/admin/backends") => backends::report(&self.store.current()),
             (Method::PUT, "/admin/config") => {
                 if let Err(denied) = auth::check(session, &self.store) {
                     return *denied;
@@ -94,6 +96,7 @@ impl AdminApp {
                 | "/metrics"
                 | "/admin/config"
                 | "/admin/config/history"
+                | "/admin/backends"
                 | "/admin/rollback"
                 | "/admin/cache",
             ) => error(
@@ -325,7 +328,7 @@ fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

@@ -22,6 +22,8 @@ pub struct RequestCtx {
     pub(super) primary_text: Option<String>,
     /// Set on a cache miss whose answer may be stored; the relay records into it.
     pub(super) cache_fill: Option<super::cache::Fill>,
+    /// `(matched, prompt)` prefix blocks of the answering backend, on prefix-balanced routes.
+    pub prefix_match: Option<(usize, usize)>,
 }
 
 impl RequestCtx {
@@ -33,6 +35,7 @@ impl RequestCtx {
             shadow_link: None,
             primary_text: None,
             cache_fill: None,
+            prefix_match: None,
         }
     }
 }

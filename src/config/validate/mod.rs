@@ -9,6 +9,7 @@ use super::policy::*;
 use super::raw::RawPolicy;
 
 mod backend;
+mod balance;
 mod cache;
 mod cost;
 mod redis;

@@ -125,6 +125,7 @@ pub(super) fn validate_route(
         .cache
         .as_ref()
         .and_then(|c| super::cache::validate_route_cache(&format!("{path}.cache"), c, errors));
+    let balance = super::balance::validate_balance(path, r, errors);
     Some(RouteSpec {
         name: r.name.clone(),
         models: r.models.clone(),
@@ -135,6 +136,7 @@ pub(super) fn validate_route(
         allow_arm_override: r.allow_arm_override.unwrap_or(false),
         shadow,
         cache,
+        balance: balance?,
         // Filled by the caller, which sees the policy's tiers and every route.
         tiering: Default::default(),
         fallback_routes: Vec::new(),
