@@ -86,7 +86,8 @@ async fn a_head_dripped_byte_by_byte_is_cut_at_the_deadline() {
     let (elapsed, sent, reply) = tokio::task::spawn_blocking(move || {
         let mut s = connect(addr);
         s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        let head = chat_request("X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        let head =
+            chat_request("X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         let started = Instant::now();
         let mut sent = 0;
         for byte in head.as_bytes().iter().take(60) {
@@ -97,13 +98,25 @@ async fn a_head_dripped_byte_by_byte_is_cut_at_the_deadline() {
             let mut buf = [0u8; 1024];
             match s.read(&mut buf) {
                 Ok(0) => return (started.elapsed(), sent, String::new()),
-                Ok(n) => return (started.elapsed(), sent, String::from_utf8_lossy(&buf[..n]).into_owned()),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return (started.elapsed(), sent, String::new()),
+                Ok(n) => {
+                    return (
+                        started.elapsed(),
+                        sent,
+                        String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    )
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    return (started.elapsed(), sent, String::new())
+                }
                 Err(_) => {}
             }
             std::thread::sleep(Duration::from_millis(150));
         }
-        (started.elapsed(), sent, "still open after the whole drip".to_owned())
+        (
+            started.elapsed(),
+            sent,
+            "still open after the whole drip".to_owned(),
+        )
     })
     .await
     .unwrap();
@@ -121,7 +134,8 @@ async fn an_idle_keepalive_connection_is_closed() {
     let addr = gw.proxy_addr;
     let (first, idle_for, rest) = tokio::task::spawn_blocking(move || {
         let mut s = connect(addr);
-        s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
+        s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .unwrap();
         let first = read_one_response(&mut s);
         let started = Instant::now();
         let rest = read_to_close(&mut s);
@@ -204,9 +218,15 @@ async fn a_framing_error_closes_the_connection() {
     let addr = gw.proxy_addr;
     let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     let cases = [
-        ("chunk size overflow", format!("{head}FFFFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n")),
+        (
+            "chunk size overflow",
+            format!("{head}FFFFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n"),
+        ),
         ("bare-LF chunk lines", format!("{head}3\nabc\n0\n\n")),
-        ("chunk longer than its size", format!("{head}2\r\nabcdef\r\n0\r\n\r\n")),
+        (
+            "chunk longer than its size",
+            format!("{head}2\r\nabcdef\r\n0\r\n\r\n"),
+        ),
     ];
     for (what, request) in cases {
         let reply = tokio::task::spawn_blocking(move || {

@@ -75,7 +75,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> HardenedListener<A> {
         } else {
             // Dropping the request drops the session and with it the socket: no answer, since
             // a client that cannot send a head in time would not read one either.
-            tracing::debug!(?deadline, "request head not received in time; connection closed");
+            tracing::debug!(
+                ?deadline,
+                "request head not received in time; connection closed"
+            );
             None
         }
     }

@@ -108,10 +108,7 @@ fn bounded(
 ) -> u64 {
     match value {
         Some(v) if !range.contains(&v) => {
-            errors.push(
-                path,
-                format!("must be {}..={}", range.start(), range.end()),
-            );
+            errors.push(path, format!("must be {}..={}", range.start(), range.end()));
             default
         }
         Some(v) => v,
@@ -142,7 +139,9 @@ mod tests {
 
     #[test]
     fn listener_limits_default_to_room_for_real_clients() {
-        let s = parse_policy(&format!("[server]\n{ROUTES}")).expect("valid").server;
+        let s = parse_policy(&format!("[server]\n{ROUTES}"))
+            .expect("valid")
+            .server;
         assert_eq!(s.head_timeout.as_millis(), 5_000);
         assert_eq!(s.keepalive_timeout_secs, 15);
         assert_eq!(s.max_header_bytes, 32 * 1024);
