@@ -16,6 +16,7 @@ use pingora::{Error, ErrorType};
 
 use super::ctx::RequestCtx;
 use super::exchange::{Committed, Exchange};
+use super::gateway::client_gone;
 use super::Failure;
 use crate::cost::cost_usd;
 use crate::telemetry::{Outcome, Usage};
@@ -66,12 +67,12 @@ pub(super) async fn relay(
     session
         .write_response_header(Box::new(down), false)
         .await
-        .map_err(|e| client_gone(ctx, e))?;
+        .map_err(|e| gone_failure(ctx, e))?;
     for chunk in buffered {
         session
             .write_response_body(Some(chunk), false)
             .await
-            .map_err(|e| client_gone(ctx, e))?;
+            .map_err(|e| gone_failure(ctx, e))?;
     }
 
     let deadline = sent_at + backend.timeouts.total;
@@ -82,7 +83,14 @@ pub(super) async fn relay(
                 .timeouts
                 .idle
                 .min(deadline.saturating_duration_since(Instant::now()));
-            match fast_timeout(wait, http.read_response_body()).await {
+            let read = tokio::select! {
+                read = fast_timeout(wait, http.read_response_body()) => read,
+                gone = client_gone(session) => {
+                    ctx.record.ttft = first_byte_at.map(|t| t.saturating_duration_since(sent_at));
+                    return Err(gone_failure(ctx, gone));
+                }
+            };
+            match read {
                 Ok(Ok(Some(chunk))) => {
                     let now = Instant::now();
                     first_byte_at.get_or_insert(now);
@@ -101,7 +109,7 @@ pub(super) async fn relay(
                         // also stops the backend generating for nobody.
                         ctx.record.ttft =
                             first_byte_at.map(|t| t.saturating_duration_since(sent_at));
-                        return Err(client_gone(ctx, e));
+                        return Err(gone_failure(ctx, e));
                     }
                 }
                 Ok(Ok(None)) => break None,
@@ -142,7 +150,7 @@ pub(super) async fn relay(
             session
                 .write_response_body(None, true)
                 .await
-                .map_err(|e| client_gone(ctx, e))?;
+                .map_err(|e| gone_failure(ctx, e))?;
             release(x.connector, http, &peer).await;
             Ok(())
         }
@@ -157,7 +165,7 @@ pub(super) async fn relay(
                 session
                     .write_response_body(Some(error_event(&message, code)), true)
                     .await
-                    .map_err(|e| client_gone(ctx, e))?;
+                    .map_err(|e| gone_failure(ctx, e))?;
                 Ok(())
             } else {
                 Err(Failure::Abort(Error::explain(
@@ -267,7 +275,7 @@ pub(super) fn format_usd(cost: f64) -> String {
 }
 
 /// The client went away (or its connection broke): the request ends here.
-fn client_gone(ctx: &mut RequestCtx, e: Box<Error>) -> Failure {
+fn gone_failure(ctx: &mut RequestCtx, e: Box<Error>) -> Failure {
     ctx.record.outcome = Outcome::ClientAbort;
     Failure::Abort(e)
 }
