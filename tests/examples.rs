@@ -19,3 +19,33 @@ fn shipped_policies_validate() {
         "expected the demo and the examples, found {checked}"
     );
 }
+
+/// `routes/prefix.example.toml` says it spells out every knob at its default: keep it true.
+#[test]
+fn the_prefix_example_shows_the_defaults() {
+    let text = include_str!("../routes/prefix.example.toml");
+    let policy = switchyard::config::parse_policy(text).expect("valid");
+    assert_eq!(
+        policy.routes[0].balance,
+        switchyard::routing::Balance::Prefix(switchyard::routing::PrefixBalance::default())
+    );
+    assert_eq!(
+        policy.server.scrape_interval,
+        Some(std::time::Duration::from_millis(
+            switchyard::config::policy::DEFAULT_SCRAPE_INTERVAL_MS
+        ))
+    );
+}
+
+/// `routes/cache.example.toml` caches per tenant with the lifetimes its comments give.
+#[test]
+fn the_cache_example_caches_per_tenant() {
+    use switchyard::config::policy::{CacheRequests, CacheScope};
+    let text = include_str!("../routes/cache.example.toml");
+    let policy = switchyard::config::parse_policy(text).expect("valid");
+    let cache = policy.routes[0].cache.as_ref().expect("the route caches");
+    assert_eq!(cache.scope, CacheScope::ApiKey);
+    assert_eq!(cache.requests, CacheRequests::Deterministic);
+    assert_eq!((cache.ttl.as_secs(), cache.max_ttl.as_secs()), (300, 3600));
+    assert_eq!(policy.cache.max_bytes, 256 * 1024 * 1024);
+}

@@ -15,6 +15,7 @@ use pingora::{Error, ErrorType};
 use rand::Rng;
 
 use super::body::read_body;
+use super::cache;
 use super::ctx::RequestCtx;
 use super::exchange::{precommit, Exchange};
 use super::relay::relay;
@@ -69,7 +70,12 @@ impl Gateway {
             return Err(method_not_allowed(session).into());
         }
         let body = read_body(session, snapshot.policy.server.max_body_bytes).await?;
-        let facts = RequestFacts::parse(endpoint, &body).map_err(GatewayError::from)?;
+        let facts = RequestFacts::parse_with_prefix(endpoint, &body, |model| {
+            snapshot
+                .route_for_model(model)
+                .and_then(|(_, route)| route.balance.block_shape())
+        })
+        .map_err(GatewayError::from)?;
         ctx.record.endpoint = Some(endpoint);
         ctx.record.stream = facts.stream;
 
@@ -83,10 +89,36 @@ impl Gateway {
                 arm_bucket: rng.random_range(0..BUCKETS),
                 shadow_bucket: rng.random_range(0..BUCKETS),
                 rotation: self.rotation.fetch_add(1, Ordering::Relaxed),
+                explore: rng.random_range(0..10_000),
+                pick: rng.random::<u32>() as usize,
             }
         };
         let choice = choose_arm(route, &facts, headers, draws).map_err(GatewayError::from)?;
         ctx.record.arm = Some(choice.arm);
+        // The lookup sits after the arm choice (the key names the arm and its models) and
+        // before candidate ordering: a hit needs no backend at all.
+        let cache_plan = crate::cache::plan(
+            &snapshot,
+            route_index,
+            choice.arm,
+            endpoint,
+            &facts.model,
+            headers,
+            &body,
+        );
+        if let cache::Step::Served = cache::before_upstream(
+            self.store.cache(),
+            session,
+            ctx,
+            &snapshot,
+            route_index,
+            cache_plan,
+        )
+        .await?
+        {
+            return Ok(());
+        }
+        let headers = &session.req_header().headers;
         let plan = plan_for(&snapshot, headers);
         let start = start_tier(
             &route.tiering,
