@@ -87,6 +87,12 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Show spend against every budget and rate limit (current windows, keys hashed) and spend
+    /// by route and tier.
+    Spend {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Run a simulated OpenAI-compatible model server (latency model, prefix KV cache, fault
     /// injection) for demos, tests and benches.
     Sim(switchyard::sim::SimArgs),
@@ -135,6 +141,7 @@ fn main() -> ExitCode {
         }
         Command::History { target } => admin(&target, "GET", "/admin/config/history", None, false),
         Command::Shadow { target } => admin(&target, "GET", "/admin/shadow", None, false),
+        Command::Spend { target } => admin(&target, "GET", "/admin/spend", None, false),
         Command::Sim(args) => match switchyard::sim::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("sim: {e}")),

@@ -15,6 +15,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::watch::PolicyFileWatcher;
+use crate::cost::spend::SpendSync;
 use crate::config::{FieldError, PolicyStore};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
@@ -53,6 +54,13 @@ pub fn build(
 
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(background_service(
+        "budget counters sync",
+        SpendSync {
+            ledger: store.spend().clone(),
+            redis: store.redis().clone(),
+        },
+    ));
     if let Some(path) = policy_file {
         server.add_service(background_service(
             "policy file watcher",

@@ -15,6 +15,7 @@ use super::snapshot::{content_hash, PolicySnapshot};
 use super::validate::{check_swap, parse_policy, FieldError};
 use crate::backends::LoadRegistry;
 use crate::metrics::Metrics;
+use crate::cost::SpendLedger;
 use crate::redis::SharedRedis;
 
 /// Where a policy version came from.
@@ -78,6 +79,8 @@ pub struct PolicyStore {
     metrics: Arc<Metrics>,
     /// Follows the running policy's `[redis]` (reconnects when a swap changes it).
     redis: Arc<SharedRedis>,
+    /// Budget and rate-limit counters; they outlive policy versions (a swap keeps the spend).
+    spend: Arc<SpendLedger>,
 }
 
 impl PolicyStore {
@@ -111,6 +114,7 @@ impl PolicyStore {
             loads,
             metrics,
             redis,
+            spend: Arc::new(SpendLedger::new()),
         })
     }
 
@@ -127,6 +131,11 @@ impl PolicyStore {
     /// running policy.
     pub fn redis(&self) -> &Arc<SharedRedis> {
         &self.redis
+    }
+
+    /// The budget and rate-limit counters (admission, recording, `/admin/spend`).
+    pub fn spend(&self) -> &Arc<SpendLedger> {
+        &self.spend
     }
 
     /// Validates `text` and, when valid, swaps it in as a new version in one atomic store.

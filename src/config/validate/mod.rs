@@ -9,6 +9,7 @@ use super::policy::*;
 use super::raw::RawPolicy;
 
 mod backend;
+mod budget;
 mod cost;
 mod redis;
 mod route;
@@ -132,6 +133,14 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
         .redis
         .as_ref()
         .and_then(|r| redis::validate_redis(r, &mut errors));
+    let route_index: HashMap<&str, usize> = raw
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), i))
+        .collect();
+    let budgets = budget::validate_budgets(raw, &route_index, &mut errors);
+    let rate_limits = budget::validate_rate_limits(raw, &route_index, &mut errors);
 
     if errors.0.is_empty() {
         Ok(Policy {
@@ -141,6 +150,8 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
             backends,
             routes,
             redis,
+            budgets,
+            rate_limits,
         })
     } else {
         Err(errors.0)
