@@ -31,7 +31,9 @@ pub enum GatewayError {
     UpstreamTimeout(String),
     #[error("The backend failed: {0}")]
     UpstreamFailed(String),
-    #[error("You exceeded your current quota (budget `{budget}`); it renews in {retry_after} seconds.")]
+    #[error(
+        "You exceeded your current quota (budget `{budget}`); it renews in {retry_after} seconds."
+    )]
     BudgetExceeded { budget: String, retry_after: u64 },
     #[error("Rate limit reached for {what} per minute (limit `{limit}`); try again in {retry_after} seconds.")]
     RateLimited {

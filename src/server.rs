@@ -15,8 +15,8 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::watch::PolicyFileWatcher;
-use crate::cost::spend::SpendSync;
 use crate::config::{FieldError, PolicyStore};
+use crate::cost::spend::SpendSync;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 

@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use super::snapshot::{content_hash, PolicySnapshot};
 use super::validate::{check_swap, parse_policy, FieldError};
 use crate::backends::LoadRegistry;
-use crate::metrics::Metrics;
 use crate::cost::SpendLedger;
+use crate::metrics::Metrics;
 use crate::redis::SharedRedis;
 
 /// Where a policy version came from.

@@ -104,6 +104,30 @@ pub struct Admitted {
     tokens: Vec<(CounterKey, Arc<Counter>)>,
 }
 
+/// One limit that applies to a request, with its counter.
+struct Planned {
+    key: CounterKey,
+    counter: Arc<Counter>,
+    limit: Limit,
+}
+
+#[derive(Clone, Copy)]
+enum Limit {
+    Budget {
+        limit_usd: f64,
+        action: super::budget::BudgetAction,
+        window_end: u64,
+    },
+    Requests {
+        limit: u64,
+        window_end: u64,
+    },
+    Tokens {
+        limit: u64,
+        window_end: u64,
+    },
+}
+
 /// Why a request was refused, for the error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
@@ -166,12 +190,17 @@ impl SpendLedger {
     /// Admission of one request on `route` (after the route match, before the arm choice):
     /// reads the counters of every budget and rate limit that applies and decides with
     /// [`admit`]. An admitted request counts against its requests-per-minute limits at once.
-    /// No I/O: reads the local estimates only.
-    pub fn admit(
+    ///
+    /// Decisions use the local estimates. The one exception is a counter this process has not
+    /// seen in this window yet while Redis is up: its total is fetched first (one pipelined
+    /// round trip, bounded by the command timeout), so a replica new to a key does not let it
+    /// spend past a budget other replicas already filled. A failure there falls back to local.
+    pub async fn admit(
         &self,
         snapshot: &PolicySnapshot,
         route: usize,
         headers: &http::HeaderMap,
+        redis: &SharedRedis,
         now: SystemTime,
     ) -> Result<Admitted, Refused> {
         let policy = &snapshot.policy;
@@ -179,85 +208,44 @@ impl SpendLedger {
             return Ok(Admitted::default());
         }
         let now_secs = unix_now(now);
-        let mut api_key = None;
-        let mut scope_value = |scope: &Scope| -> Option<Arc<str>> {
-            match scope {
-                Scope::ApiKey => api_key
-                    .get_or_insert_with(|| ApiKeyHash::from_headers(headers))
-                    .map(|h| Arc::from(h.to_string())),
-                Scope::Header(name) => headers
-                    .get(name.as_str())
-                    .filter(|v| !v.is_empty())
-                    .map(|v| Arc::from(ApiKeyHash::of(v.as_bytes()).to_string())),
-                Scope::Route => Some(Arc::from(policy.routes[route].name.as_str())),
-            }
-        };
-        let mut checks = Vec::new();
-        let mut names = Vec::new();
-        let mut admitted = Admitted::default();
-        let mut requests = Vec::new();
-        for b in policy.budgets.iter().filter(|b| b.applies_to(route)) {
-            let Some(scope) = scope_value(&b.scope) else {
-                continue;
-            };
-            let (start, end) = b.window.bounds(now_secs);
-            let key = CounterKey {
-                limit: Arc::from(b.name.as_str()),
-                kind: CounterKind::Usd,
-                scope,
-                window_start: start,
-            };
-            let counter = self.counter(&key, end);
-            checks.push(Check::Budget {
-                spent_usd: self.read(&key, &counter),
-                limit_usd: b.limit_usd,
-                action: b.action,
-                window_end: end,
-            });
-            names.push(b.name.as_str());
-            admitted.usd.push((key, counter));
-        }
-        for r in policy.rate_limits.iter().filter(|r| r.applies_to(route)) {
-            let Some(scope) = scope_value(&r.scope) else {
-                continue;
-            };
-            let (start, end) = Window::Minute.bounds(now_secs);
-            let key = |kind| CounterKey {
-                limit: Arc::from(r.name.as_str()),
-                kind,
-                scope: scope.clone(),
-                window_start: start,
-            };
-            if let Some(limit) = r.requests_per_minute {
-                let key = key(CounterKind::Requests);
-                let counter = self.counter(&key, end);
-                checks.push(Check::Requests {
-                    count: self.read(&key, &counter).round() as u64,
-                    limit,
-                    window_end: end,
-                });
-                names.push(r.name.as_str());
-                requests.push((key, counter));
-            }
-            if let Some(limit) = r.tokens_per_minute {
-                let key = key(CounterKind::Tokens);
-                let counter = self.counter(&key, end);
-                checks.push(Check::Tokens {
-                    count: self.read(&key, &counter).round() as u64,
-                    limit,
-                    window_end: end,
-                });
-                names.push(r.name.as_str());
-                admitted.tokens.push((key, counter));
-            }
-        }
+        let planned = self.plan(snapshot, route, headers, now_secs);
+        self.warm(&planned, redis).await;
+
+        let checks: Vec<Check> = planned
+            .iter()
+            .map(|p| {
+                let value = self.read(&p.key, &p.counter);
+                match p.limit {
+                    Limit::Budget {
+                        limit_usd,
+                        action,
+                        window_end,
+                    } => Check::Budget {
+                        spent_usd: value,
+                        limit_usd,
+                        action,
+                        window_end,
+                    },
+                    Limit::Requests { limit, window_end } => Check::Requests {
+                        count: value.round() as u64,
+                        limit,
+                        window_end,
+                    },
+                    Limit::Tokens { limit, window_end } => Check::Tokens {
+                        count: value.round() as u64,
+                        limit,
+                        window_end,
+                    },
+                }
+            })
+            .collect();
         match admit(&checks, now_secs) {
             Admission::Reject {
                 index,
                 refusal,
                 retry_after,
             } => {
-                let limit = names[index].to_owned();
+                let limit = planned[index].key.limit.to_string();
                 let kind = match refusal {
                     Refusal::Budget => "budget",
                     Refusal::Requests => "requests",
@@ -275,29 +263,150 @@ impl SpendLedger {
                 })
             }
             verdict => {
-                for (key, counter) in &requests {
-                    self.add(key, counter, 1.0);
-                }
-                if verdict == Admission::Downgrade {
-                    admitted.downgrade = true;
-                    for (check, name) in checks.iter().zip(&names) {
-                        if let Check::Budget {
-                            spent_usd,
-                            limit_usd,
-                            ..
-                        } = check
-                        {
-                            if spent_usd >= limit_usd {
+                let mut admitted = Admitted {
+                    downgrade: verdict == Admission::Downgrade,
+                    ..Admitted::default()
+                };
+                for (p, check) in planned.into_iter().zip(&checks) {
+                    match (p.limit, check) {
+                        (Limit::Requests { .. }, _) => self.add(&p.key, &p.counter, 1.0),
+                        (Limit::Tokens { .. }, _) => admitted.tokens.push((p.key, p.counter)),
+                        (
+                            Limit::Budget { .. },
+                            Check::Budget {
+                                spent_usd,
+                                limit_usd,
+                                ..
+                            },
+                        ) => {
+                            if admitted.downgrade && spent_usd >= limit_usd {
                                 *self
                                     .downgrades
                                     .lock()
-                                    .entry((*name).to_owned())
+                                    .entry(p.key.limit.to_string())
                                     .or_default() += 1;
                             }
+                            admitted.usd.push((p.key, p.counter));
                         }
+                        (Limit::Budget { .. }, _) => admitted.usd.push((p.key, p.counter)),
                     }
                 }
                 Ok(admitted)
+            }
+        }
+    }
+
+    /// The counters of every limit that applies to a request on `route`, in policy order
+    /// (budgets, then rate limits). A limit whose scope the request lacks (no API key, no such
+    /// header) does not apply.
+    fn plan(
+        &self,
+        snapshot: &PolicySnapshot,
+        route: usize,
+        headers: &http::HeaderMap,
+        now_secs: u64,
+    ) -> Vec<Planned> {
+        let policy = &snapshot.policy;
+        let mut api_key = None;
+        let mut scope_value = |scope: &Scope| -> Option<Arc<str>> {
+            match scope {
+                Scope::ApiKey => api_key
+                    .get_or_insert_with(|| ApiKeyHash::from_headers(headers))
+                    .map(|h| Arc::from(h.to_string())),
+                Scope::Header(name) => headers
+                    .get(name.as_str())
+                    .filter(|v| !v.is_empty())
+                    .map(|v| Arc::from(ApiKeyHash::of(v.as_bytes()).to_string())),
+                Scope::Route => Some(Arc::from(policy.routes[route].name.as_str())),
+            }
+        };
+        let mut planned = Vec::new();
+        for b in policy.budgets.iter().filter(|b| b.applies_to(route)) {
+            let Some(scope) = scope_value(&b.scope) else {
+                continue;
+            };
+            let (start, end) = b.window.bounds(now_secs);
+            let key = CounterKey {
+                limit: Arc::from(b.name.as_str()),
+                kind: CounterKind::Usd,
+                scope,
+                window_start: start,
+            };
+            planned.push(Planned {
+                counter: self.counter(&key, end),
+                key,
+                limit: Limit::Budget {
+                    limit_usd: b.limit_usd,
+                    action: b.action,
+                    window_end: end,
+                },
+            });
+        }
+        for r in policy.rate_limits.iter().filter(|r| r.applies_to(route)) {
+            let Some(scope) = scope_value(&r.scope) else {
+                continue;
+            };
+            let (start, end) = Window::Minute.bounds(now_secs);
+            for (kind, limit) in [
+                (CounterKind::Requests, r.requests_per_minute),
+                (CounterKind::Tokens, r.tokens_per_minute),
+            ] {
+                let Some(limit) = limit else {
+                    continue;
+                };
+                let key = CounterKey {
+                    limit: Arc::from(r.name.as_str()),
+                    kind,
+                    scope: scope.clone(),
+                    window_start: start,
+                };
+                planned.push(Planned {
+                    counter: self.counter(&key, end),
+                    key,
+                    limit: if kind == CounterKind::Requests {
+                        Limit::Requests {
+                            limit,
+                            window_end: end,
+                        }
+                    } else {
+                        Limit::Tokens {
+                            limit,
+                            window_end: end,
+                        }
+                    },
+                });
+            }
+        }
+        planned
+    }
+
+    /// Fetches the Redis totals of counters this process has never read, when Redis is up.
+    async fn warm(&self, planned: &[Planned], redis: &SharedRedis) {
+        if redis.state() != RedisState::Up {
+            return;
+        }
+        let Some(settings) = redis.settings() else {
+            return;
+        };
+        let cold: Vec<&Planned> = planned
+            .iter()
+            .filter(|p| p.counter.state.lock().shared_at.is_none())
+            .collect();
+        if cold.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for p in &cold {
+            pipe.cmd("GET").arg(redis_key(&settings.key_prefix, &p.key));
+        }
+        if let Ok(values) = redis.pipeline::<Vec<redis::Value>>(&pipe).await {
+            let now = Instant::now();
+            for (p, value) in cold.iter().zip(values) {
+                let mut state = p.counter.state.lock();
+                if state.shared_at.is_none() {
+                    state.shared = Some(parse_total(&value));
+                    state.shared_at = Some(now);
+                }
             }
         }
     }
@@ -438,8 +547,9 @@ impl SpendLedger {
         max_per_limit: usize,
     ) -> serde_json::Value {
         let now_secs = unix_now(now);
-        let mut by_limit: BTreeMap<(Arc<str>, CounterKind), Vec<(CounterKey, f64, bool)>> =
-            BTreeMap::new();
+        // Per limit and kind: (counter, estimate, whether Redis has been read).
+        type Rows = Vec<(CounterKey, f64, bool)>;
+        let mut by_limit: BTreeMap<(Arc<str>, CounterKind), Rows> = BTreeMap::new();
         for (key, counter) in self.counters.iter() {
             let state = counter.state.lock();
             let key = CounterKey::clone(&key);

@@ -77,12 +77,19 @@ impl Gateway {
         ctx.record.route = Some(route_index);
         let route = &snapshot.policy.routes[route_index];
         let headers = &session.req_header().headers;
-        // Budgets and rate limits, before anything is spent on the request (local counters
-        // only: no Redis round trip here).
+        // Budgets and rate limits, before anything is spent on the request (local counters;
+        // Redis only for a key this process has not seen in the window).
         let admitted = self
             .store
             .spend()
-            .admit(&snapshot, route_index, headers, SystemTime::now())
+            .admit(
+                &snapshot,
+                route_index,
+                headers,
+                self.store.redis(),
+                SystemTime::now(),
+            )
+            .await
             .map_err(GatewayError::from)?;
         let downgrade = admitted.downgrade;
         ctx.admitted = Some(admitted);
