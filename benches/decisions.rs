@@ -1,7 +1,8 @@
 //! The per-request decisions and the policy swap, without sockets: what the
 //! gateway spends on a request before any byte goes upstream.
 //!
-//! - `facts/*`: body → `RequestFacts` (small chat body, 64 KiB prompt);
+//! - `facts/*`: body → `RequestFacts` (small chat body, 64 KiB prompt), each also with the
+//!   prompt's prefix blocks hashed (`*_prefix_hashed`, what `balance = "prefix"` adds);
 //! - `decide/*`: route match + arm choice + backend order on the demo policy
 //!   (sticky by header, and a random draw);
 //! - `tier/*`: the tier decision on `routes/cost.example.toml` (three tier rules, an API-key
@@ -19,7 +20,7 @@ use http::HeaderMap;
 use switchyard::config::{parse_policy, PolicySource, PolicyStore};
 use switchyard::metrics::Metrics;
 use switchyard::routing::tier::start_tier;
-use switchyard::routing::{decide, Draws, Endpoint, RequestFacts, BUCKETS};
+use switchyard::routing::{decide, Draws, Endpoint, PrefixBalance, RequestFacts, BUCKETS};
 
 const DEMO: &str = include_str!("../routes/demo.toml");
 const COST: &str = include_str!("../routes/cost.example.toml");
@@ -49,6 +50,18 @@ fn facts(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| RequestFacts::parse(Endpoint::ChatCompletions, std::hint::black_box(&body)))
         });
+        // The same parse with the prompt's prefix blocks hashed (routes with balance = "prefix",
+        // default shape: 16-token blocks, at most 512 of them).
+        let shape = PrefixBalance::default().shape;
+        g.bench_function(format!("{name}_prefix_hashed"), |b| {
+            b.iter(|| {
+                RequestFacts::parse_with_prefix(
+                    Endpoint::ChatCompletions,
+                    std::hint::black_box(&body),
+                    |_| Some(shape),
+                )
+            })
+        });
     }
     g.finish();
 }
@@ -60,12 +73,14 @@ fn decisions(c: &mut Criterion) {
     let mut sticky = HeaderMap::new();
     sticky.insert("x-user-id", "user-1234".parse().expect("header value"));
     let anonymous = HeaderMap::new();
+    let now = std::time::Instant::now();
     let draws = |d: u32| Draws {
         arm_bucket: d,
         shadow_bucket: d,
         rotation: d as usize,
+        explore: d,
+        pick: d as usize,
     };
-    let now = std::time::Instant::now();
     let mut g = c.benchmark_group("decide");
     let mut draw = 0u32;
     g.bench_function("sticky_header", |b| {
@@ -122,6 +137,8 @@ fn tier(c: &mut Criterion) {
                 arm_bucket: draw,
                 shadow_bucket: draw,
                 rotation: draw as usize,
+                explore: draw,
+                pick: draw as usize,
             };
             decide(&snapshot, &facts, &headers, draws, |b| {
                 snapshot.backend_view(b, now, &facts)

@@ -14,6 +14,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::backends::BackendScraper;
 use crate::config::watch::PolicyFileWatcher;
 use crate::config::{FieldError, PolicyStore};
 use crate::cost::spend::SpendSync;
@@ -59,6 +60,13 @@ pub fn build(
         SpendSync {
             ledger: store.spend().clone(),
             redis: store.redis().clone(),
+        },
+    ));
+    // Always running: it idles while the policy turns scraping off, and a swap may turn it on.
+    server.add_service(background_service(
+        "backend scraper",
+        BackendScraper {
+            store: store.clone(),
         },
     ));
     if let Some(path) = policy_file {

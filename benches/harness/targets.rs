@@ -50,6 +50,11 @@ pub struct SimTiming {
 
 impl Sim {
     pub fn start(env: &Env, name: &str, timing: SimTiming) -> Result<Self> {
+        Self::start_with(env, name, timing, &[])
+    }
+
+    /// A sim with further `switchyard sim` flags (prefill cost, KV cache size).
+    pub fn start_with(env: &Env, name: &str, timing: SimTiming, extra: &[String]) -> Result<Self> {
         let addr = local(free_port());
         let log = env.file(&format!("sim-{name}.log"));
         let args: Vec<String> = [
@@ -67,6 +72,7 @@ impl Sim {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
         .collect();
         let mut proc = Proc::spawn(
             &format!("sim {name}"),

@@ -6,6 +6,7 @@
 //! refused outright rather than left open.
 
 mod auth;
+mod backends;
 
 use std::sync::Arc;
 
@@ -75,6 +76,7 @@ impl AdminApp {
                     MAX_SPEND_ROWS,
                 ),
             ),
+            (Method::GET, "/admin/backends") => backends::report(&self.store.current()),
             (Method::PUT, "/admin/config") => {
                 if let Err(denied) = auth::check(session, &self.store) {
                     return *denied;
@@ -96,6 +98,7 @@ impl AdminApp {
                 | "/admin/config/history"
                 | "/admin/shadow"
                 | "/admin/spend"
+                | "/admin/backends"
                 | "/admin/rollback",
             ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -326,7 +329,7 @@ fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

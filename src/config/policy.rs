@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::routing::fallback::RetryPolicy;
 use crate::routing::tier::TierPlan;
-use crate::routing::{ApiKeyHash, ArmTable, StickyKey};
+use crate::routing::{ApiKeyHash, ArmTable, Balance, StickyKey};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -65,7 +65,14 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub threads: usize,
     pub history_limit: usize,
+    /// How often backends' `/metrics` are scraped; `None` when scraping is off.
+    pub scrape_interval: Option<Duration>,
+    /// Whether answers carry debugging headers (`x-switchyard-prefix-match`).
+    pub debug_headers: bool,
 }
+
+/// Backends' `/metrics` are scraped this often unless `scrape_interval_ms` says otherwise.
+pub const DEFAULT_SCRAPE_INTERVAL_MS: u64 = 100;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendSpec {
@@ -118,6 +125,8 @@ pub struct RouteSpec {
     pub active_set: Option<String>,
     pub allow_arm_override: bool,
     pub shadow: Option<ShadowSpec>,
+    /// How the chosen arm's backends are ordered.
+    pub balance: Balance,
     /// Which tier a request starts from, and how far candidates may move.
     pub tiering: TierPlan,
     /// Indexes of routes tried after this one's own candidates.

@@ -78,6 +78,10 @@ pub struct RawServer {
     pub threads: Option<u64>,
     /// How many accepted policy versions the history keeps for rollback.
     pub history_limit: Option<u64>,
+    /// How often each backend's `/metrics` is scraped for its load (0 turns scraping off).
+    pub scrape_interval_ms: Option<u64>,
+    /// Debugging answer headers (`x-switchyard-prefix-match`). Off by default.
+    pub debug_headers: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +135,11 @@ pub struct RawRoute {
     #[serde(default)]
     pub arms: Vec<RawArm>,
     pub shadow: Option<RawShadow>,
+    /// How the chosen arm's backends are ordered: `least_inflight` (default), `round_robin`,
+    /// `prefix`.
+    pub balance: Option<String>,
+    /// The knobs of `balance = "prefix"`.
+    pub prefix: Option<RawPrefix>,
     /// Tier a request matching no tier rule starts from (default: the cheapest).
     pub default_tier: Option<String>,
     /// Honour the client's `x-switchyard-tier` header.
@@ -144,6 +153,25 @@ pub struct RawRoute {
     #[serde(default)]
     pub fallback_routes: Vec<String>,
     pub retry: Option<RawRetry>,
+}
+
+/// `[routes.prefix]`: prefix-cache affinity knobs; every field has a documented default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrefix {
+    /// Tokens (of 4 prompt bytes) per hashed block.
+    pub block_tokens: Option<u64>,
+    /// Blocks hashed at most per prompt.
+    pub max_blocks: Option<u64>,
+    pub prefix_weight: Option<f64>,
+    pub load_weight: Option<f64>,
+    pub kv_weight: Option<f64>,
+    /// Multiple of the mean load no backend is preferred beyond.
+    pub load_bound: Option<f64>,
+    /// Load (requests) at or below which a backend is never over the bound.
+    pub load_bound_floor: Option<f64>,
+    /// Share of requests (percent) sent to a random backend within the bound.
+    pub explore_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

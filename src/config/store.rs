@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use super::snapshot::{content_hash, PolicySnapshot};
 use super::validate::{check_swap, parse_policy, FieldError};
-use crate::backends::LoadRegistry;
+use crate::backends::{LoadRegistry, PrefixIndex};
 use crate::cost::SpendLedger;
 use crate::metrics::Metrics;
 use crate::redis::SharedRedis;
@@ -76,6 +76,7 @@ pub struct PolicyStore {
     current: ArcSwap<PolicySnapshot>,
     inner: Mutex<Inner>,
     loads: LoadRegistry,
+    prefix_index: Arc<PrefixIndex>,
     metrics: Arc<Metrics>,
     /// Follows the running policy's `[redis]` (reconnects when a swap changes it).
     redis: Arc<SharedRedis>,
@@ -88,11 +89,13 @@ impl PolicyStore {
     pub fn new(text: &str, metrics: Arc<Metrics>) -> Result<PolicyStore, Vec<FieldError>> {
         let policy = parse_policy(text)?;
         let loads = LoadRegistry::default();
+        let prefix_index = Arc::new(PrefixIndex::default());
         let snapshot = Arc::new(PolicySnapshot::build(
             1,
             policy,
             text.to_owned(),
             &loads,
+            &prefix_index,
             &metrics,
         ));
         metrics.policy_version.store(1, Ordering::Relaxed);
@@ -112,6 +115,7 @@ impl PolicyStore {
                 next_version: 2,
             }),
             loads,
+            prefix_index,
             metrics,
             redis,
             spend: Arc::new(SpendLedger::new()),
@@ -176,6 +180,7 @@ impl PolicyStore {
             policy,
             text.to_owned(),
             &self.loads,
+            &self.prefix_index,
             &self.metrics,
         ));
         inner.next_version += 1;
@@ -190,6 +195,10 @@ impl PolicyStore {
             inner.history.pop_front();
         }
         self.current.store(snapshot.clone());
+        // Backends that left the policy must not attract traffic from what they once served.
+        let live: std::collections::HashSet<_> = snapshot.loads.iter().map(|l| l.id()).collect();
+        self.prefix_index
+            .retain_backends(move |id| live.contains(&id));
         self.redis.configure(snapshot.policy.redis.as_ref());
         self.metrics
             .policy_version

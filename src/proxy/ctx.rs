@@ -24,6 +24,8 @@ pub struct RequestCtx {
     /// The budget and rate-limit counters the request was admitted against; what it cost is
     /// added to them when it ends.
     pub(super) admitted: Option<Admitted>,
+    /// `(matched, prompt)` prefix blocks of the answering backend, on prefix-balanced routes.
+    pub prefix_match: Option<(usize, usize)>,
 }
 
 impl RequestCtx {
@@ -35,6 +37,7 @@ impl RequestCtx {
             shadow_link: None,
             primary_text: None,
             admitted: None,
+            prefix_match: None,
         }
     }
 }

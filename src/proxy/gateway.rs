@@ -69,7 +69,12 @@ impl Gateway {
             return Err(method_not_allowed(session).into());
         }
         let body = read_body(session, snapshot.policy.server.max_body_bytes).await?;
-        let facts = RequestFacts::parse(endpoint, &body).map_err(GatewayError::from)?;
+        let facts = RequestFacts::parse_with_prefix(endpoint, &body, |model| {
+            snapshot
+                .route_for_model(model)
+                .and_then(|(_, route)| route.balance.block_shape())
+        })
+        .map_err(GatewayError::from)?;
         ctx.record.endpoint = Some(endpoint);
         ctx.record.stream = facts.stream;
 
@@ -99,6 +104,8 @@ impl Gateway {
                 arm_bucket: rng.random_range(0..BUCKETS),
                 shadow_bucket: rng.random_range(0..BUCKETS),
                 rotation: self.rotation.fetch_add(1, Ordering::Relaxed),
+                explore: rng.random_range(0..10_000),
+                pick: rng.random::<u32>() as usize,
             }
         };
         let choice = choose_arm(route, &facts, headers, draws).map_err(GatewayError::from)?;

@@ -21,6 +21,7 @@ mod relay;
 
 pub use ctx::RequestCtx;
 pub use gateway::Gateway;
+pub use relay::PREFIX_MATCH_HEADER;
 
 use crate::error::GatewayError;
 

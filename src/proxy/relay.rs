@@ -215,6 +215,10 @@ fn settle(
     cost
 }
 
+/// With `debug_headers`, on answers of prefix-balanced routes: `MATCHED/BLOCKS`, the prompt
+/// blocks the answering backend was believed to hold, of the prompt's hashed blocks.
+pub const PREFIX_MATCH_HEADER: &str = "x-switchyard-prefix-match";
+
 /// The head the client gets: the backend's, less hop-by-hop headers, plus what the gateway
 /// tells about the request (route, arm, backend, tier, policy version, and the cost of a plain
 /// answer).
@@ -255,6 +259,9 @@ fn downstream_header(
     )?;
     if let Some(cost) = cost {
         down.insert_header("x-switchyard-cost-usd", format_usd(cost))?;
+    }
+    if let (true, Some((matched, blocks))) = (policy.server.debug_headers, ctx.prefix_match) {
+        down.insert_header(PREFIX_MATCH_HEADER, format!("{matched}/{blocks}"))?;
     }
     Ok(down)
 }

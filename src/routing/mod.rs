@@ -10,13 +10,16 @@
 
 pub mod api_key;
 pub mod arm;
+pub mod balance;
 pub mod candidates;
 pub mod facts;
 pub mod fallback;
+pub mod prefix;
 pub mod tier;
 
 pub use api_key::ApiKeyHash;
 pub use arm::{sticky_bucket, Arm, ArmTable, NewArm, StickyKey, BUCKETS};
+pub use balance::{Balance, BalanceDraws, BalanceView, PrefixBalance, ScrapeView, ScrapedLoad};
 pub use candidates::BackendView;
 pub use facts::{rewrite_model, Endpoint, FactsError, RequestFacts};
 
@@ -44,6 +47,21 @@ pub struct Draws {
     pub shadow_bucket: u32,
     /// Breaks ties between equally loaded backends.
     pub rotation: usize,
+    /// Uniform in `0..10_000`: whether a prefix-balanced request explores.
+    pub explore: u32,
+    /// Uniform: which backend an exploring request tries first.
+    pub pick: usize,
+}
+
+impl Draws {
+    /// The part of the draws a balance strategy uses.
+    pub fn balance(&self) -> BalanceDraws {
+        BalanceDraws {
+            rotation: self.rotation,
+            explore: self.explore,
+            pick: self.pick,
+        }
+    }
 }
 
 /// The header a QA client sets to force an arm on routes with `allow_arm_override`.
@@ -148,8 +166,10 @@ pub fn candidates(
         start_tier,
         policy.tier_count(),
         route.tiering.overflow_down,
+        &route.balance,
+        facts.prefix_blocks.len(),
         &view,
-        draws.rotation,
+        draws.balance(),
     )
     .into_iter()
     .map(|backend| Candidate {
@@ -164,13 +184,17 @@ pub fn candidates(
             continue;
         };
         let start = tier::start_tier(&other.tiering, &policy.tiers, facts, headers, plan);
+        // The fallback route's own balance orders its backends; the prompt was hashed with this
+        // route's block shape, so a prefix-balanced fallback sees matches only when they agree.
         let backends = candidates::order_backends(
             &other.arms.arms()[choice.arm].backends,
             start,
             policy.tier_count(),
             other.tiering.overflow_down,
+            &other.balance,
+            facts.prefix_blocks.len(),
             &view,
-            draws.rotation,
+            draws.balance(),
         );
         for backend in backends {
             if !out.iter().any(|c| c.backend == backend) {

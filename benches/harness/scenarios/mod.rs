@@ -22,6 +22,7 @@ mod cost;
 mod cpu;
 mod ladder;
 mod latency;
+mod prefix;
 mod shadow;
 mod streaming;
 mod swap;
@@ -39,6 +40,8 @@ pub struct Options {
 
 /// Sizes and lengths of every scenario; the smoke profile shrinks them all.
 struct Params {
+    /// The smoke profile (scenario 9 sizes its workload from it).
+    smoke: bool,
     /// Scenario 1: measured requests per target, and rounds they are split in.
     c1_samples: u64,
     c1_rounds: u64,
@@ -75,6 +78,7 @@ struct Params {
 impl Params {
     fn suite() -> Self {
         Self {
+            smoke: false,
             c1_samples: 12_000,
             c1_rounds: 10,
             cpu_duration: Duration::from_secs(5),
@@ -105,6 +109,7 @@ impl Params {
 
     fn smoke() -> Self {
         Self {
+            smoke: true,
             c1_samples: 300,
             c1_rounds: 3,
             cpu_duration: Duration::from_millis(300),
@@ -376,7 +381,7 @@ pub fn main(opts: Options) -> Result<()> {
     };
 
     type Scenario = fn(&Ctx) -> Result<ScenarioResult>;
-    let all: [(u8, Scenario); 8] = [
+    let all: [(u8, Scenario); 9] = [
         (1, latency::added_latency),
         (2, cpu::cpu_per_request),
         (3, ladder::throughput_ladder),
@@ -385,6 +390,7 @@ pub fn main(opts: Options) -> Result<()> {
         (6, swap::swap_under_load),
         (7, shadow::shadow),
         (8, cost::cost_routing),
+        (9, prefix::prefix_affinity),
     ];
     let mut results = Results::new(&opts, &ctx.env);
     for (id, scenario) in all {

@@ -9,6 +9,7 @@ use super::policy::*;
 use super::raw::RawPolicy;
 
 mod backend;
+mod balance;
 mod budget;
 mod cost;
 mod redis;
