@@ -48,7 +48,7 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = [0; BOUNDS.len()];
         let mut running = 0;
         for (c, bucket) in cumulative.iter_mut().zip(&self.buckets) {

@@ -76,6 +76,19 @@ impl AdminApp {
                     MAX_SPEND_ROWS,
                 ),
             ),
+            (Method::GET, "/admin/cache") => {
+                json_response(StatusCode::OK, &self.store.cache().report())
+            }
+            (Method::DELETE, "/admin/cache") => {
+                if let Err(denied) = auth::check(session, &self.store) {
+                    return *denied;
+                }
+                // Only L1 is cleared: Redis entries are shared with other replicas and expire
+                // by their TTL.
+                let route = query_param(&query, "route").map(percent_decode);
+                let removed = self.store.cache().clear(route.as_deref());
+                json_response(StatusCode::OK, &json!({"removed": removed, "route": route}))
+            }
             (Method::GET, "/admin/backends") => backends::report(&self.store.current()),
             (Method::PUT, "/admin/config") => {
                 if let Err(denied) = auth::check(session, &self.store) {
@@ -99,7 +112,8 @@ impl AdminApp {
                 | "/admin/shadow"
                 | "/admin/spend"
                 | "/admin/backends"
-                | "/admin/rollback",
+                | "/admin/rollback"
+                | "/admin/cache",
             ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &format!("Method {method} is not allowed on {path}."),
@@ -118,6 +132,7 @@ impl AdminApp {
         let mut out = self.store.metrics().render();
         self.store.redis().render(&mut out);
         self.store.spend().render(&mut out);
+        self.store.cache().render(&mut out);
         out
     }
 

@@ -28,6 +28,8 @@ pub struct RawPolicy {
     /// Requests- and tokens-per-minute caps per API key or header value.
     #[serde(default)]
     pub rate_limits: Vec<RawRateLimit>,
+    /// `[cache]`: settings of the response cache shared by every route.
+    pub cache: Option<RawCache>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +56,39 @@ pub struct RawRateLimit {
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
     pub routes: Option<Vec<String>>,
+}
+
+/// `[cache]`: the process-wide response cache.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Bytes the in-process cache may hold, all routes together.
+    pub max_bytes: Option<u64>,
+    /// How long a request waits for an identical one already on its way upstream.
+    pub single_flight_wait_ms: Option<u64>,
+}
+
+/// `[routes.cache]`: whether and how a route's answers are cached.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// Off switch that keeps the section (default on when the section is present).
+    pub enabled: Option<bool>,
+    /// Lifetime of an entry, in seconds.
+    pub ttl_s: Option<u64>,
+    /// Longest lifetime a client may ask for with `x-switchyard-cache-ttl`.
+    pub max_ttl_s: Option<u64>,
+    /// Largest answer stored; bigger ones are relayed but not kept.
+    pub max_entry_bytes: Option<u64>,
+    /// `deterministic` (temperature 0 or a seed; every embeddings request) or `all`.
+    pub requests: Option<String>,
+    /// `global` or `api-key` (entries of one hashed credential serve only that credential).
+    pub scope: Option<String>,
+    /// Top-level body fields left out of the key (for fields that never change the answer).
+    #[serde(default)]
+    pub ignore_fields: Vec<String>,
+    /// Whether a hit is billed like the upstream answer it replays (default: free).
+    pub charge_hits: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +170,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub arms: Vec<RawArm>,
     pub shadow: Option<RawShadow>,
+    pub cache: Option<RawRouteCache>,
     /// How the chosen arm's backends are ordered: `least_inflight` (default), `round_robin`,
     /// `prefix`.
     pub balance: Option<String>,

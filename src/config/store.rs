@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use super::snapshot::{content_hash, PolicySnapshot};
 use super::validate::{check_swap, parse_policy, FieldError};
 use crate::backends::{LoadRegistry, PrefixIndex};
+use crate::cache::ResponseCache;
 use crate::cost::SpendLedger;
 use crate::metrics::Metrics;
 use crate::redis::SharedRedis;
@@ -82,6 +83,8 @@ pub struct PolicyStore {
     redis: Arc<SharedRedis>,
     /// Budget and rate-limit counters; they outlive policy versions (a swap keeps the spend).
     spend: Arc<SpendLedger>,
+    /// The response cache, sized by the start-up policy's `[cache]`; kept across versions.
+    cache: Arc<ResponseCache>,
 }
 
 impl PolicyStore {
@@ -101,6 +104,7 @@ impl PolicyStore {
         metrics.policy_version.store(1, Ordering::Relaxed);
         let redis = Arc::new(SharedRedis::new());
         redis.configure(snapshot.policy.redis.as_ref());
+        let cache = Arc::new(ResponseCache::new(snapshot.policy.cache, redis.clone()));
         let entry = HistoryEntry {
             version: 1,
             activated_at: SystemTime::now(),
@@ -119,6 +123,7 @@ impl PolicyStore {
             metrics,
             redis,
             spend: Arc::new(SpendLedger::new()),
+            cache,
         })
     }
 
@@ -140,6 +145,11 @@ impl PolicyStore {
     /// The budget and rate-limit counters (admission, recording, `/admin/spend`).
     pub fn spend(&self) -> &Arc<SpendLedger> {
         &self.spend
+    }
+
+    /// The process's response cache.
+    pub fn cache(&self) -> &Arc<ResponseCache> {
+        &self.cache
     }
 
     /// Validates `text` and, when valid, swaps it in as a new version in one atomic store.
@@ -172,7 +182,7 @@ impl PolicyStore {
             });
         }
         let policy = parse_policy(text)?;
-        check_swap(&running.policy.server, &policy.server)?;
+        check_swap(&running.policy, &policy)?;
         let version = inner.next_version;
         let limit = policy.server.history_limit;
         let snapshot = Arc::new(PolicySnapshot::build(

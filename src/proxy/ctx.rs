@@ -24,6 +24,8 @@ pub struct RequestCtx {
     /// The budget and rate-limit counters the request was admitted against; what it cost is
     /// added to them when it ends.
     pub(super) admitted: Option<Admitted>,
+    /// Set on a cache miss whose answer may be stored; the relay records into it.
+    pub(super) cache_fill: Option<super::cache::Fill>,
     /// `(matched, prompt)` prefix blocks of the answering backend, on prefix-balanced routes.
     pub prefix_match: Option<(usize, usize)>,
 }
@@ -37,6 +39,7 @@ impl RequestCtx {
             shadow_link: None,
             primary_text: None,
             admitted: None,
+            cache_fill: None,
             prefix_match: None,
         }
     }

@@ -15,6 +15,7 @@ use pingora::{Error, ErrorType};
 use rand::Rng;
 
 use super::body::read_body;
+use super::cache;
 use super::ctx::RequestCtx;
 use super::exchange::{precommit, Exchange};
 use super::relay::relay;
@@ -110,6 +111,30 @@ impl Gateway {
         };
         let choice = choose_arm(route, &facts, headers, draws).map_err(GatewayError::from)?;
         ctx.record.arm = Some(choice.arm);
+        // The lookup sits after the arm choice (the key names the arm and its models) and
+        // before candidate ordering: a hit needs no backend at all.
+        let cache_plan = crate::cache::plan(
+            &snapshot,
+            route_index,
+            choice.arm,
+            endpoint,
+            &facts.model,
+            headers,
+            &body,
+        );
+        if let cache::Step::Served = cache::before_upstream(
+            self.store.cache(),
+            session,
+            ctx,
+            &snapshot,
+            route_index,
+            cache_plan,
+        )
+        .await?
+        {
+            return Ok(());
+        }
+        let headers = &session.req_header().headers;
         let plan = plan_for(&snapshot, headers);
         // A spent `downgrade` budget: the cheapest tier, whatever the rules would pick.
         let start = if downgrade {

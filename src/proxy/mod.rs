@@ -13,6 +13,7 @@
 //! completed and handed once to every consumer in the `logging` hook.
 
 pub(crate) mod body;
+mod cache;
 mod ctx;
 mod exchange;
 mod gateway;

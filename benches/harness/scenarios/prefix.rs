@@ -56,7 +56,7 @@ impl Workload {
                 assistant_tokens: 32,
                 conv_gap: Duration::from_millis(40),
                 think: Duration::from_millis(20),
-                prefill_us_per_token: 100,
+                prefill_us_per_token: 200,
                 kv_cache_blocks: 256,
             }
         }
