@@ -10,6 +10,7 @@ pub mod backends;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod guardrails;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

@@ -23,6 +23,16 @@ pub struct Policy {
     pub server: ServerSettings,
     pub backends: Vec<BackendSpec>,
     pub routes: Vec<RouteSpec>,
+    pub guardrails: GuardrailSettings,
+}
+
+pub const DEFAULT_GUARDRAIL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `[guardrails]`: the windows' shape (bound at start-up) and the evaluator's pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardrailSettings {
+    pub windows: crate::guardrails::WindowConfig,
+    pub interval: Duration,
 }
 
 /// Settings of the process itself. `listen`, `admin_listen` and `threads` are bound at start-up;
@@ -83,7 +93,16 @@ pub struct RouteSpec {
     pub active_set: Option<String>,
     pub allow_arm_override: bool,
     pub shadow: Option<ShadowSpec>,
+    /// Index of the arm canaries are compared with and rolled back to.
+    pub champion: usize,
+    pub guardrails: Vec<crate::guardrails::GuardrailRule>,
+    pub rollout: Option<crate::guardrails::RolloutSpec>,
+    /// Lower-cased phrases; an answer containing one counts as a refusal.
+    pub refusal_patterns: Vec<String>,
 }
+
+/// Longest refusal phrase: answers are matched on their first bytes only (bounded capture).
+pub const MAX_REFUSAL_PATTERN_BYTES: usize = 256;
 
 pub const DEFAULT_SHADOW_MAX_INFLIGHT: u64 = 32;
 pub const DEFAULT_SHADOW_TIMEOUT_MS: u64 = 60_000;

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use super::snapshot::{content_hash, PolicySnapshot};
-use super::validate::{check_swap, parse_policy, FieldError};
+use super::validate::{check_swap, check_windows_swap, parse_policy, FieldError};
 use crate::backends::LoadRegistry;
 use crate::metrics::Metrics;
 
@@ -148,6 +148,7 @@ impl PolicyStore {
         }
         let policy = parse_policy(text)?;
         check_swap(&running.policy.server, &policy.server)?;
+        check_windows_swap(&running.policy.guardrails, &policy.guardrails)?;
         let version = inner.next_version;
         let limit = policy.server.history_limit;
         let snapshot = Arc::new(PolicySnapshot::build(

@@ -9,6 +9,7 @@ use super::policy::*;
 use super::raw::RawPolicy;
 
 mod backend;
+mod guardrails;
 mod route;
 mod server;
 mod shadow;
@@ -59,6 +60,7 @@ fn toml_error(e: &toml::de::Error) -> FieldError {
 pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
     let mut errors = Errors::default();
     let server = server::validate_server(raw, &mut errors);
+    let guardrails = guardrails::validate_settings(raw, &mut errors);
 
     let mut backend_index = HashMap::new();
     let mut backends = Vec::with_capacity(raw.backends.len());
@@ -107,7 +109,13 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
                 );
             }
         }
-        if let Some(route) = route::validate_route(&path, r, &backend_index, &mut errors) {
+        if let Some(route) = route::validate_route(
+            &path,
+            r,
+            &backend_index,
+            guardrails.windows.span,
+            &mut errors,
+        ) {
             routes.push(route);
         }
     }
@@ -117,6 +125,7 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
             server,
             backends,
             routes,
+            guardrails,
         })
     } else {
         Err(errors.0)
@@ -166,6 +175,26 @@ pub fn check_swap(running: &ServerSettings, next: &ServerSettings) -> Result<(),
     }
     if running.threads != next.threads {
         errors.push("server.threads", restart);
+    }
+    if errors.0.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.0)
+    }
+}
+
+/// The windows are cut once at start-up: a new policy that changes their shape is refused.
+pub fn check_windows_swap(
+    running: &GuardrailSettings,
+    next: &GuardrailSettings,
+) -> Result<(), Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let restart = "cannot change while running; restart switchyard to apply it";
+    if running.windows.slice != next.windows.slice {
+        errors.push("guardrails.slice", restart);
+    }
+    if running.windows.span != next.windows.span {
+        errors.push("guardrails.span", restart);
     }
     if errors.0.is_empty() {
         Ok(())

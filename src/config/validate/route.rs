@@ -12,6 +12,7 @@ pub(super) fn validate_route(
     path: &str,
     r: &RawRoute,
     backend_index: &HashMap<&str, usize>,
+    span: std::time::Duration,
     errors: &mut Errors,
 ) -> Option<RouteSpec> {
     let sticky = match StickyKey::parse(r.sticky.as_deref().unwrap_or("none")) {
@@ -121,6 +122,19 @@ pub(super) fn validate_route(
     let shadow = r.shadow.as_ref().and_then(|s| {
         super::shadow::validate_shadow(&format!("{path}.shadow"), s, backend_index, errors)
     });
+    let champion = super::guardrails::validate_champion(path, r, errors);
+    let guardrails = super::guardrails::validate_rules(path, r, span, errors);
+    let rollout = r.rollout.as_ref().and_then(|ro| {
+        super::guardrails::validate_rollout(
+            &format!("{path}.rollout"),
+            ro,
+            r,
+            champion,
+            &guardrails,
+            errors,
+        )
+    });
+    let refusal_patterns = super::guardrails::validate_refusal_patterns(path, r, errors);
     Some(RouteSpec {
         name: r.name.clone(),
         models: r.models.clone(),
@@ -130,5 +144,9 @@ pub(super) fn validate_route(
         active_set: r.active.clone(),
         allow_arm_override: r.allow_arm_override.unwrap_or(false),
         shadow,
+        champion,
+        guardrails,
+        rollout,
+        refusal_patterns,
     })
 }
