@@ -1,7 +1,7 @@
 //! One attempt on one backend: connect through pingora's pooled connector, send the request,
 //! and wait for the response header; and the pool release once its answer was read.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
@@ -23,6 +23,9 @@ const POOL_IDLE: Duration = Duration::from_secs(4);
 pub struct Answer {
     pub http: HttpSession,
     pub peer: HttpPeer,
+    /// When the whole request had been written upstream: the origin of the first-byte, TTFT
+    /// and total deadlines (the client's own upload time is not the backend's).
+    pub sent_at: Instant,
 }
 
 pub enum AttemptError {
@@ -54,8 +57,10 @@ pub async fn attempt(
             http.write_request_body(body.clone(), true).await?;
             http.finish_request_body().await
         };
+        let mut sent_at = Instant::now();
         let result = match sent.await {
             Ok(()) => {
+                sent_at = Instant::now();
                 on_sent();
                 fast_timeout(backend.timeouts.first_byte, http.read_response_header())
                     .await
@@ -66,7 +71,13 @@ pub async fn attempt(
             Err(e) => Ok(Err(e)),
         };
         match result {
-            Ok(Ok(())) => return Ok(Answer { http, peer }),
+            Ok(Ok(())) => {
+                return Ok(Answer {
+                    http,
+                    peer,
+                    sent_at,
+                })
+            }
             // The backend closed a pooled connection before reading our request: nothing was
             // processed, so a fresh connection is safe.
             Ok(Err(e)) if reused && tries < STALE_RETRIES => {

@@ -148,5 +148,9 @@ pub(super) fn validate_route(
         guardrails,
         rollout,
         refusal_patterns,
+        // Filled by the caller, which sees the policy's tiers and every route.
+        tiering: Default::default(),
+        fallback_routes: Vec::new(),
+        retry: Default::default(),
     })
 }
