@@ -16,6 +16,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminApp;
 use crate::config::watch::PolicyFileWatcher;
 use crate::config::{FieldError, PolicyStore};
+use crate::guardrails::{GuardrailRuntime, GuardrailTask};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 
@@ -47,12 +48,22 @@ pub fn build(
     );
     proxy.add_tcp(&settings.listen.to_string());
 
-    let mut admin = Service::new("switchyard admin".to_owned(), AdminApp::new(store.clone()));
+    let guardrails = Arc::new(GuardrailRuntime::new(store.clone()));
+    let mut admin = Service::new(
+        "switchyard admin".to_owned(),
+        AdminApp::new(store.clone(), guardrails.clone()),
+    );
     admin.add_tcp(&settings.admin_listen.to_string());
     admin.threads = Some(1);
 
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(background_service(
+        "guardrail evaluator",
+        GuardrailTask {
+            runtime: guardrails,
+        },
+    ));
     if let Some(path) = policy_file {
         server.add_service(background_service(
             "policy file watcher",
@@ -68,9 +79,10 @@ pub fn build(
 
 /// Parses the policy and builds the store that backs a server.
 pub fn new_store(policy_text: &str) -> Result<Arc<PolicyStore>, Vec<FieldError>> {
+    let windows = crate::config::parse_policy(policy_text)?.guardrails.windows;
     Ok(Arc::new(PolicyStore::new(
         policy_text,
-        Arc::new(Metrics::default()),
+        Arc::new(Metrics::with_windows(windows)),
     )?))
 }
 

@@ -24,66 +24,21 @@ pub const SHARDS: usize = 8;
 /// Significant digits of every histogram: a quantile is exact to 1 %.
 const SIGFIG: u8 = 2;
 
-/// What happened to a request, by class: the error-rate rule and the outcome counters read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OutcomeClass {
-    Success,
-    /// 4xx other than 429: the client's fault, not the arm's.
-    ClientError,
-    /// 429 from every candidate.
-    RateLimited,
-    ServerError,
-    ConnectError,
-    Timeout,
-    /// An HTTP 200 stream that carried an error event (vLLM) or ended without `[DONE]`.
-    StreamError,
-    /// The client went away before the answer was complete.
-    ClientAbort,
-}
+/// The request's outcome class, shared with the record and `/metrics`.
+pub use crate::telemetry::Outcome as OutcomeClass;
 
-impl OutcomeClass {
-    pub const ALL: [OutcomeClass; 8] = [
-        OutcomeClass::Success,
-        OutcomeClass::ClientError,
-        OutcomeClass::RateLimited,
-        OutcomeClass::ServerError,
-        OutcomeClass::ConnectError,
-        OutcomeClass::Timeout,
-        OutcomeClass::StreamError,
-        OutcomeClass::ClientAbort,
-    ];
-
-    /// The label value in `/metrics` and `/admin/guardrails`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutcomeClass::Success => "success",
-            OutcomeClass::ClientError => "client_error",
-            OutcomeClass::RateLimited => "rate_limited",
-            OutcomeClass::ServerError => "server_error",
-            OutcomeClass::ConnectError => "connect_error",
-            OutcomeClass::Timeout => "timeout",
-            OutcomeClass::StreamError => "stream_error",
-            OutcomeClass::ClientAbort => "client_abort",
-        }
-    }
-
-    /// Whether the class counts against the arm in the error rate: the backend (or the way to
-    /// it) failed. Client errors and client aborts are nobody's fault on the arm's side.
-    pub fn is_failure(self) -> bool {
-        matches!(
-            self,
-            OutcomeClass::RateLimited
-                | OutcomeClass::ServerError
-                | OutcomeClass::ConnectError
-                | OutcomeClass::Timeout
-                | OutcomeClass::StreamError
-        )
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+/// Every outcome class, in counter order.
+pub const OUTCOMES: [OutcomeClass; 9] = [
+    OutcomeClass::Success,
+    OutcomeClass::ClientError,
+    OutcomeClass::RateLimited,
+    OutcomeClass::ServerError,
+    OutcomeClass::ConnectError,
+    OutcomeClass::Timeout,
+    OutcomeClass::StreamError,
+    OutcomeClass::ClientAbort,
+    OutcomeClass::Rejected,
+];
 
 /// The distributions kept per series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,7 +106,7 @@ pub struct RequestFigures<'a> {
 #[derive(Debug, Clone)]
 pub struct SliceData {
     hists: [Histogram<u64>; 7],
-    outcomes: [u64; 8],
+    outcomes: [u64; 9],
     pub fallbacks: u64,
     pub content_filtered: u64,
     pub refusals: u64,
@@ -163,7 +118,7 @@ impl Default for SliceData {
             hists: std::array::from_fn(|_| {
                 Histogram::new(SIGFIG).expect("two significant digits are valid")
             }),
-            outcomes: [0; 8],
+            outcomes: [0; 9],
             fallbacks: 0,
             content_filtered: 0,
             refusals: 0,
@@ -181,7 +136,7 @@ fn record_value(h: &mut Histogram<u64>, value: f64) {
 impl SliceData {
     /// Adds one request.
     pub fn record(&mut self, f: &RequestFigures<'_>) {
-        self.outcomes[f.outcome.index()] += 1;
+        self.outcomes[f.outcome as usize] += 1;
         self.fallbacks += u64::from(f.fallback);
         self.content_filtered += u64::from(f.content_filter);
         self.refusals += u64::from(f.refusal);
@@ -239,14 +194,14 @@ impl SliceData {
     }
 
     pub fn outcome(&self, class: OutcomeClass) -> u64 {
-        self.outcomes[class.index()]
+        self.outcomes[class as usize]
     }
 
     /// Requests whose class is a failure of the arm.
     pub fn failures(&self) -> u64 {
-        OutcomeClass::ALL
+        OUTCOMES
             .iter()
-            .filter(|c| c.is_failure())
+            .filter(|c| c.is_backend_error())
             .map(|c| self.outcome(*c))
             .sum()
     }
@@ -472,6 +427,47 @@ impl Windows {
             }
         }
         out
+    }
+}
+
+/// A snapshot's handles on its series, by (route, arm, backend) index, resolved on first use so
+/// a request's recording costs one read lock and a hash lookup, not the registry's mutex.
+#[derive(Default)]
+pub struct SeriesHandles {
+    resolved: parking_lot::RwLock<std::collections::HashMap<(usize, usize, usize), Arc<Series>>>,
+}
+
+impl SeriesHandles {
+    pub fn get(
+        &self,
+        at: (usize, usize, usize),
+        windows: &Windows,
+        names: impl FnOnce() -> (String, String, String),
+    ) -> Arc<Series> {
+        if let Some(s) = self.resolved.read().get(&at) {
+            return s.clone();
+        }
+        let (route, arm, backend) = names();
+        let series = windows.series(&route, &arm, &backend);
+        self.resolved.write().insert(at, series.clone());
+        series
+    }
+}
+
+/// The process's monotonic clock for the windows: milliseconds since it was made. Only the
+/// callers of the windows and the evaluator read it; the decisions take the time as input.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(std::time::Instant);
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock(std::time::Instant::now())
+    }
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
     }
 }
 

@@ -142,7 +142,11 @@ impl Gateway {
             base,
             connector: &self.connector,
             route: route_index,
-            keep_text: ctx.shadow_link.is_some(),
+            // Refusal patterns are matched on the answer's text, so the text is kept (bounded).
+            keep_text: ctx.shadow_link.is_some()
+                || !snapshot.policy.routes[route_index]
+                    .refusal_patterns
+                    .is_empty(),
         };
         let committed = precommit(&exchange, ctx, &candidates, &mut on_sent).await?;
         relay(session, ctx, &exchange, committed).await
