@@ -4,6 +4,8 @@
 //! - `facts/*`: body → `RequestFacts` (small chat body, 64 KiB prompt);
 //! - `decide/*`: route match + arm choice + backend order on the demo policy
 //!   (sticky by header, and a random draw);
+//! - `tier/*`: the tier decision on `routes/cost.example.toml` (three tier rules, an API-key
+//!   plan): the starting tier alone, and route + arm + tier + candidate order with it;
 //! - `policy/*`: TOML → validated `Policy`, and a full validate + swap
 //!   through `PolicyStore::apply`.
 //!
@@ -16,9 +18,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use http::HeaderMap;
 use switchyard::config::{parse_policy, PolicySource, PolicyStore};
 use switchyard::metrics::Metrics;
+use switchyard::routing::tier::start_tier;
 use switchyard::routing::{decide, Draws, Endpoint, RequestFacts, BUCKETS};
 
 const DEMO: &str = include_str!("../routes/demo.toml");
+const COST: &str = include_str!("../routes/cost.example.toml");
 
 fn chat_body(prompt_bytes: usize) -> Vec<u8> {
     let prompt = "lorem ipsum ".repeat(prompt_bytes / 12 + 1);
@@ -83,6 +87,50 @@ fn decisions(c: &mut Criterion) {
     g.finish();
 }
 
+fn tier(c: &mut Criterion) {
+    let store =
+        PolicyStore::new(COST, Arc::new(Metrics::default())).expect("cost example is valid");
+    let snapshot = store.current();
+    let body = String::from_utf8(chat_body(32))
+        .expect("utf-8")
+        .replace("llama-70b", "llama");
+    let facts = RequestFacts::parse(Endpoint::ChatCompletions, body.as_bytes()).expect("parses");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        "Bearer sk-bench-key".parse().expect("header value"),
+    );
+    let route = &snapshot.policy.routes[0];
+    let now = std::time::Instant::now();
+    let mut g = c.benchmark_group("tier");
+    g.bench_function("start_tier", |b| {
+        b.iter(|| {
+            start_tier(
+                &route.tiering,
+                &snapshot.policy.tiers,
+                std::hint::black_box(&facts),
+                &headers,
+                None,
+            )
+        })
+    });
+    let mut draw = 0u32;
+    g.bench_function("decide_with_tiers", |b| {
+        b.iter(|| {
+            draw = (draw + 7919) % BUCKETS;
+            let draws = Draws {
+                arm_bucket: draw,
+                shadow_bucket: draw,
+                rotation: draw as usize,
+            };
+            decide(&snapshot, &facts, &headers, draws, |b| {
+                snapshot.backend_view(b, now, &facts)
+            })
+        })
+    });
+    g.finish();
+}
+
 fn policy(c: &mut Criterion) {
     // Two texts that differ, so every apply validates and swaps (an identical
     // text is short-circuited as unchanged).
@@ -117,5 +165,5 @@ fn policy(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, facts, decisions, policy);
+criterion_group!(benches, facts, decisions, tier, policy);
 criterion_main!(benches);

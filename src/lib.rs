@@ -14,6 +14,7 @@ pub mod error;
 pub mod guardrails;
 pub mod metrics;
 pub mod proxy;
+pub mod redis;
 pub mod routing;
 pub mod server;
 pub mod shadow;

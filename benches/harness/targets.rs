@@ -346,8 +346,20 @@ impl Switchyard {
     }
 
     pub fn start(env: &Env, name: &str, policy: &Policy) -> Result<Self> {
+        Self::start_text(env, name, policy.listen, policy.admin, &policy.render())
+    }
+
+    /// Starts switchyard with a policy written out in full (its listeners must be `listen` and
+    /// `admin`).
+    pub fn start_text(
+        env: &Env,
+        name: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        text: &str,
+    ) -> Result<Self> {
         let path = env.file(&format!("policy-{name}.toml"));
-        write(&path, &policy.render())?;
+        write(&path, text)?;
         let log = env.file(&format!("switchyard-{name}.log"));
         let args = vec![
             "serve".to_owned(),
@@ -362,11 +374,11 @@ impl Switchyard {
             env.pin.proxy_cpu,
             &log,
         )?;
-        proc.wait_listening(policy.listen, Duration::from_secs(15), &log)?;
-        proc.wait_listening(policy.admin, Duration::from_secs(5), &log)?;
+        proc.wait_listening(listen, Duration::from_secs(15), &log)?;
+        proc.wait_listening(admin, Duration::from_secs(5), &log)?;
         Ok(Self {
-            addr: policy.listen,
-            admin: policy.admin,
+            addr: listen,
+            admin,
             proc,
         })
     }

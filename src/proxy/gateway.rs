@@ -21,9 +21,9 @@ use super::relay::relay;
 use super::{observe, Failure};
 use crate::config::PolicyStore;
 use crate::error::GatewayError;
-use crate::routing::tier::{plan_of, start_tier};
+use crate::routing::tier::start_tier;
 use crate::routing::{
-    candidates, choose_arm, match_route, ApiKeyHash, Draws, Endpoint, RequestFacts, BUCKETS,
+    candidates, choose_arm, match_route, plan_for, Draws, Endpoint, RequestFacts, BUCKETS,
 };
 use crate::shadow::ShadowJob;
 use crate::telemetry::Outcome;
@@ -87,12 +87,7 @@ impl Gateway {
         };
         let choice = choose_arm(route, &facts, headers, draws).map_err(GatewayError::from)?;
         ctx.record.arm = Some(choice.arm);
-        // Hashing the credential costs a SHA-256: only when a plan could matter.
-        let plan = if snapshot.policy.plans.is_empty() {
-            None
-        } else {
-            plan_of(&snapshot.policy.plans, ApiKeyHash::from_headers(headers))
-        };
+        let plan = plan_for(&snapshot, headers);
         let start = start_tier(
             &route.tiering,
             &snapshot.policy.tiers,
@@ -108,6 +103,7 @@ impl Gateway {
             start,
             &facts,
             headers,
+            plan,
             draws,
             |b| snapshot.backend_view(b, now, &facts),
         )

@@ -126,7 +126,8 @@ pub fn choose_arm(
 /// The backends to try for a request that starts at `start_tier` on `route`'s arm `arm`: that
 /// arm's backends by tier, then each fallback route's (its own arm choice and tier rules, with
 /// the same draws). A backend already listed is not listed again. `view` describes each
-/// backend now. Errors when nothing at all can be tried.
+/// backend now; `plan` is the plan of the client's API key. Errors when nothing at all can be
+/// tried.
 #[allow(clippy::too_many_arguments)]
 pub fn candidates(
     snapshot: &PolicySnapshot,
@@ -135,6 +136,7 @@ pub fn candidates(
     start_tier: usize,
     facts: &RequestFacts,
     headers: &http::HeaderMap,
+    plan: Option<&str>,
     draws: Draws,
     view: impl Fn(usize) -> BackendView,
 ) -> Result<Vec<Candidate>, RoutingError> {
@@ -161,7 +163,6 @@ pub fn candidates(
         let Ok(choice) = choose_arm(other, facts, headers, draws) else {
             continue;
         };
-        let plan = tier::plan_of(&policy.plans, ApiKeyHash::from_headers(headers));
         let start = tier::start_tier(&other.tiering, &policy.tiers, facts, headers, plan);
         let backends = candidates::order_backends(
             &other.arms.arms()[choice.arm].backends,
@@ -190,6 +191,15 @@ pub fn candidates(
     Ok(out)
 }
 
+/// The plan of the request's API key. Hashing the credential costs a SHA-256, so only when the
+/// policy has plans at all.
+pub fn plan_for<'a>(snapshot: &'a PolicySnapshot, headers: &http::HeaderMap) -> Option<&'a str> {
+    if snapshot.policy.plans.is_empty() {
+        return None;
+    }
+    tier::plan_of(&snapshot.policy.plans, ApiKeyHash::from_headers(headers))
+}
+
 /// Every step at once, for callers with no step of their own in between (benches, tests).
 pub fn decide(
     snapshot: &PolicySnapshot,
@@ -201,10 +211,10 @@ pub fn decide(
     let route = match_route(snapshot, facts)?;
     let spec = &snapshot.policy.routes[route];
     let choice = choose_arm(spec, facts, headers, draws)?;
-    let plan = tier::plan_of(&snapshot.policy.plans, ApiKeyHash::from_headers(headers));
+    let plan = plan_for(snapshot, headers);
     let start_tier = tier::start_tier(&spec.tiering, &snapshot.policy.tiers, facts, headers, plan);
     let candidates = candidates(
-        snapshot, route, choice.arm, start_tier, facts, headers, draws, view,
+        snapshot, route, choice.arm, start_tier, facts, headers, plan, draws, view,
     )?;
     Ok(Decision {
         route,

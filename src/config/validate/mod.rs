@@ -11,6 +11,7 @@ use super::raw::RawPolicy;
 mod backend;
 mod cost;
 mod guardrails;
+mod redis;
 mod route;
 mod server;
 mod shadow;
@@ -135,6 +136,11 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
         }
     }
 
+    let redis = raw
+        .redis
+        .as_ref()
+        .and_then(|r| redis::validate_redis(r, &mut errors));
+
     if errors.0.is_empty() {
         Ok(Policy {
             server,
@@ -143,6 +149,7 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
             backends,
             routes,
             guardrails,
+            redis,
         })
     } else {
         Err(errors.0)
