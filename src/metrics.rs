@@ -104,6 +104,9 @@ impl ArmStats {
     }
 }
 
+/// (route, rule, arm, kind) of a guardrail event.
+type GuardrailEventKey = (String, String, String, &'static str);
+
 /// Every route/arm series the process has seen, plus the gateway-wide counters.
 #[derive(Default)]
 pub struct Metrics {
@@ -124,7 +127,7 @@ pub struct Metrics {
     /// The clock the windows are recorded and read on.
     pub clock: Clock,
     /// Guardrail events by (route, rule, arm, kind): alerts and actions taken.
-    guardrail_events: Mutex<BTreeMap<(String, String, String, &'static str), u64>>,
+    guardrail_events: Mutex<BTreeMap<GuardrailEventKey, u64>>,
 }
 
 impl Metrics {

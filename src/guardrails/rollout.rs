@@ -104,7 +104,7 @@ pub fn advance(
 
 /// `95`, `2.5`: a weight in basis points as the policy writes it.
 pub fn fmt_weight(bp: u32) -> String {
-    if bp % 100 == 0 {
+    if bp.is_multiple_of(100) {
         format!("{}", bp / 100)
     } else {
         format!("{}", f64::from(bp) / 100.0)
