@@ -7,8 +7,7 @@
 //! - `tier/*`: the tier decision on `routes/cost.example.toml` (three tier rules, an API-key
 //!   plan): the starting tier alone, and route + arm + tier + candidate order with it;
 //! - `policy/*`: TOML → validated `Policy`, and a full validate + swap
-//!   through `PolicyStore::apply`.
-//!
+//!   through `PolicyStore::apply`;
 //! - `guardrails/*`: recording one request's figures into its guardrail window.
 //!
 //! Run: `cargo bench --bench decisions`. The load harness (`switchyard-bench`)
