@@ -29,6 +29,8 @@ pub struct Captured {
     pub data_events: u64,
     /// An SSE stream that ended without `[DONE]` or carried an error event.
     pub stream_failed: bool,
+    /// A choice ended with `finish_reason: "content_filter"`.
+    pub content_filtered: bool,
 }
 
 impl ResponseCapture {
@@ -86,6 +88,7 @@ impl ResponseCapture {
                 usage: sse.usage,
                 data_events: sse.data_events,
                 stream_failed,
+                content_filtered: sse.content_filtered,
             };
         }
         if self.json_overflow {
@@ -106,6 +109,7 @@ fn parse_json_answer(body: &[u8], keep_text: bool) -> Captured {
     struct Choice {
         message: Option<Message>,
         text: Option<String>,
+        finish_reason: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Message {
@@ -124,7 +128,12 @@ fn parse_json_answer(body: &[u8], keep_text: bool) -> Captured {
     let Ok(answer) = serde_json::from_slice::<Answer>(body) else {
         return Captured::default();
     };
+    let content_filtered = answer
+        .choices
+        .iter()
+        .any(|c| c.finish_reason.as_deref() == Some("content_filter"));
     Captured {
+        content_filtered,
         text: if keep_text {
             answer
                 .choices

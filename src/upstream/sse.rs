@@ -39,6 +39,8 @@ pub struct SseScanner {
     pub content_events: u64,
     /// Events with data other than `[DONE]`.
     pub data_events: u64,
+    /// A choice ended with `finish_reason: "content_filter"` (a safety signal for guardrails).
+    pub content_filtered: bool,
 }
 
 impl SseScanner {
@@ -102,6 +104,7 @@ impl SseScanner {
             if self.text.is_some()
                 || memmem::find(data, b"\"error\"").is_some()
                 || memmem::find(data, b"\"usage\"").is_some()
+                || memmem::find(data, b"\"content_filter\"").is_some()
             {
                 self.inspect_json(data);
             }
@@ -120,6 +123,7 @@ impl SseScanner {
         struct Choice {
             delta: Option<Delta>,
             text: Option<String>,
+            finish_reason: Option<String>,
         }
         #[derive(serde::Deserialize)]
         struct Delta {
@@ -140,6 +144,13 @@ impl SseScanner {
         };
         if chunk.error.is_some() {
             self.saw_error = true;
+        }
+        if chunk
+            .choices
+            .iter()
+            .any(|c| c.finish_reason.as_deref() == Some("content_filter"))
+        {
+            self.content_filtered = true;
         }
         if let Some(text) = self.text.as_mut() {
             let piece = chunk.choices.into_iter().find_map(|c| {
