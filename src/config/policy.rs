@@ -38,6 +38,10 @@ pub struct Policy {
     pub cache: CacheSettings,
     /// `[redis]`: absent means every shared counter and cache stays local to this process.
     pub redis: Option<crate::redis::RedisSettings>,
+    /// `[[budgets]]`, in policy order (admission checks them in this order).
+    pub budgets: Vec<crate::cost::BudgetSpec>,
+    /// `[[rate_limits]]`, in policy order.
+    pub rate_limits: Vec<crate::cost::RateLimitSpec>,
 }
 
 impl Policy {
