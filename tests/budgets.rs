@@ -140,6 +140,23 @@ async fn a_key_over_its_budget_gets_429_insufficient_quota() {
             "switchyard_budget_refusals_total{limit=\"per-key-daily\",kind=\"budget\"} "
         ) >= 2.0
     );
+
+    // The same page from the command line.
+    let admin = gw.admin_url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("spend")
+            .env("SWITCHYARD_ADMIN", admin)
+            .output()
+            .expect("switchyard spend runs")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&hashed(KEY_A)), "{text}");
+    assert!(text.contains("\"per-key-daily\""), "{text}");
+    assert!(!text.contains(KEY_A), "no key in clear: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

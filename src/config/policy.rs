@@ -92,6 +92,8 @@ pub struct BackendSpec {
     pub price: Option<Price>,
     pub max_inflight: u32,
     pub timeouts: BackendTimeouts,
+    /// May see clients' credentials in shadow copies.
+    pub trusted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,6 +156,8 @@ pub struct ShadowSpec {
     /// The whole shadow exchange, streaming included.
     pub timeout: Duration,
     pub mirror_streaming: bool,
+    /// The copy carries the client's credentials (`Authorization`, `Cookie`, `x-api-key`).
+    pub copy_credentials: bool,
     /// Optional JSONL file of sampled pairs.
     pub samples: Option<SampleSpec>,
 }

@@ -132,6 +132,8 @@ pub struct RawBackend {
     pub first_byte_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub total_timeout_ms: Option<u64>,
+    /// The backend may see clients' credentials when it receives shadow copies (default false).
+    pub trusted: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +250,9 @@ pub struct RawRetry {
 pub struct RawShadow {
     pub backend: String,
     pub percent: f64,
+    /// Copy the client's `Authorization`, `Cookie`, `x-api-key` to the shadow (default: the
+    /// shadow backend's `trusted`).
+    pub copy_credentials: Option<bool>,
     /// Model name sent to the shadow backend (else the backend's own `model` rewrite applies).
     pub model: Option<String>,
     pub max_inflight: Option<u64>,

@@ -193,8 +193,42 @@ impl Gateway {
             route: route_index,
             keep_text: ctx.shadow_link.is_some(),
         };
-        let committed = precommit(&exchange, ctx, &candidates, &mut on_sent).await?;
+        // A client that leaves while the backend prepares its answer stops the exchange: the
+        // upstream connection is dropped, which stops the backend generating for nobody.
+        let attempts = precommit(&exchange, ctx, &candidates, &mut on_sent);
+        let committed = match first_of(attempts, client_gone(session)).await {
+            Either::Left(committed) => committed?,
+            Either::Right(gone) => {
+                ctx.record.outcome = Outcome::ClientAbort;
+                return Err(Failure::Abort(gone));
+            }
+        };
         relay(session, ctx, &exchange, committed).await
+    }
+}
+
+enum Either<L, R> {
+    Left(L),
+    Right(R),
+}
+
+/// Whichever of `a` and `b` finishes first; the other is dropped (cancelled).
+async fn first_of<L, R>(
+    a: impl std::future::Future<Output = L>,
+    b: impl std::future::Future<Output = R>,
+) -> Either<L, R> {
+    tokio::select! {
+        l = a => Either::Left(l),
+        r = b => Either::Right(r),
+    }
+}
+
+/// Resolves when the client closes its connection (the request body is already read, so
+/// anything else on the socket is the client's going away). Never resolves otherwise.
+pub(super) async fn client_gone(session: &mut Session) -> Box<Error> {
+    match session.downstream_session.read_body_or_idle(true).await {
+        Err(e) => e,
+        Ok(_) => std::future::pending().await,
     }
 }
 
