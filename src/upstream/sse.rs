@@ -129,16 +129,6 @@ impl SseScanner {
         struct Delta {
             content: Option<String>,
         }
-        #[derive(serde::Deserialize)]
-        struct WireUsage {
-            prompt_tokens: Option<u64>,
-            completion_tokens: Option<u64>,
-            prompt_tokens_details: Option<Details>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Details {
-            cached_tokens: Option<u64>,
-        }
         let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
             return;
         };
@@ -167,20 +157,39 @@ impl SseScanner {
             }
         }
         if let Some(u) = chunk.usage {
-            self.usage = Some(Usage {
-                prompt_tokens: u.prompt_tokens.unwrap_or(0),
-                completion_tokens: u.completion_tokens.unwrap_or(0),
-                cached_tokens: u
-                    .prompt_tokens_details
-                    .and_then(|d| d.cached_tokens)
-                    .unwrap_or(0),
-            });
+            self.usage = Some(u.into());
         }
     }
 
     /// The stream ended with `[DONE]` and carried no error event.
     pub fn succeeded(&self) -> bool {
         self.saw_done && !self.saw_error
+    }
+}
+
+/// `usage` as OpenAI-compatible servers write it, in plain answers and in a stream's usage chunk.
+#[derive(serde::Deserialize)]
+pub(super) struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<WireUsageDetails>,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct WireUsageDetails {
+    cached_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Usage {
+        Usage {
+            prompt_tokens: u.prompt_tokens.unwrap_or(0),
+            completion_tokens: u.completion_tokens.unwrap_or(0),
+            cached_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        }
     }
 }
 
