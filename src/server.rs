@@ -17,6 +17,8 @@ use crate::admin::AdminApp;
 use crate::backends::BackendScraper;
 use crate::config::watch::PolicyFileWatcher;
 use crate::config::{FieldError, PolicyStore};
+use crate::cost::spend::SpendSync;
+use crate::guardrails::{GuardrailRuntime, GuardrailTask};
 use crate::listener::HardenedListener;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
@@ -51,20 +53,37 @@ pub fn build(
     );
     proxy.add_tcp(&settings.listen.to_string());
 
+    let guardrails = Arc::new(GuardrailRuntime::new(store.clone()));
     let mut admin = Service::new(
         "switchyard admin".to_owned(),
-        HardenedListener::new(AdminApp::new(store.clone()), store.clone()),
+        HardenedListener::new(
+            AdminApp::new(store.clone(), guardrails.clone()),
+            store.clone(),
+        ),
     );
     admin.add_tcp(&settings.admin_listen.to_string());
     admin.threads = Some(1);
 
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(background_service(
+        "budget counters sync",
+        SpendSync {
+            ledger: store.spend().clone(),
+            redis: store.redis().clone(),
+        },
+    ));
     // Always running: it idles while the policy turns scraping off, and a swap may turn it on.
     server.add_service(background_service(
         "backend scraper",
         BackendScraper {
             store: store.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "guardrail evaluator",
+        GuardrailTask {
+            runtime: guardrails,
         },
     ));
     if let Some(path) = policy_file {
@@ -82,9 +101,10 @@ pub fn build(
 
 /// Parses the policy and builds the store that backs a server.
 pub fn new_store(policy_text: &str) -> Result<Arc<PolicyStore>, Vec<FieldError>> {
+    let windows = crate::config::parse_policy(policy_text)?.guardrails.windows;
     Ok(Arc::new(PolicyStore::new(
         policy_text,
-        Arc::new(Metrics::default()),
+        Arc::new(Metrics::with_windows(windows)),
     )?))
 }
 

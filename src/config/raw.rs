@@ -22,8 +22,41 @@ pub struct RawPolicy {
     pub routes: Vec<RawRoute>,
     /// Shared state across replicas (budget counters, response cache, fleet policy).
     pub redis: Option<RawRedis>,
+    /// Spending caps in USD per API key, header value or route, per UTC window.
+    #[serde(default)]
+    pub budgets: Vec<RawBudget>,
+    /// Requests- and tokens-per-minute caps per API key or header value.
+    #[serde(default)]
+    pub rate_limits: Vec<RawRateLimit>,
     /// `[cache]`: settings of the response cache shared by every route.
     pub cache: Option<RawCache>,
+    pub guardrails: Option<RawGuardrailSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub name: String,
+    /// `api-key`, `header:NAME` or `route`.
+    pub scope: String,
+    /// `minute`, `hour`, `day` or `month` (UTC).
+    pub window: String,
+    pub limit_usd: f64,
+    /// `reject` (default) or `downgrade`.
+    pub action: Option<String>,
+    /// Route names it applies to; all routes when absent.
+    pub routes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub name: String,
+    /// `api-key` or `header:NAME`.
+    pub scope: String,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub routes: Option<Vec<String>>,
 }
 
 /// `[cache]`: the process-wide response cache.
@@ -57,6 +90,60 @@ pub struct RawRouteCache {
     pub ignore_fields: Vec<String>,
     /// Whether a hit is billed like the upstream answer it replays (default: free).
     pub charge_hits: Option<bool>,
+}
+
+/// `[guardrails]`: how the windows are cut and how often the evaluator runs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuardrailSettings {
+    /// Width of one time slice (`"10s"`); bound at start-up.
+    pub slice: Option<String>,
+    /// How long slices are kept (`"15m"`): the longest window a rule may use; bound at start-up.
+    pub span: Option<String>,
+    /// How often rules are evaluated and rollouts stepped (`"5s"`).
+    pub interval: Option<String>,
+}
+
+/// A number, or text such as `"800ms"`, `"p95"` or `"5%"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RawFigure {
+    Number(f64),
+    Text(String),
+}
+
+/// One `[[routes.guardrails]]` rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuardrail {
+    pub name: Option<String>,
+    pub metric: String,
+    /// `"p95"` or `0.95`; distributions only.
+    pub quantile: Option<RawFigure>,
+    pub window: String,
+    pub max: Option<RawFigure>,
+    pub max_ratio: Option<f64>,
+    /// For `output_tps`, where more is better.
+    pub min: Option<RawFigure>,
+    pub min_ratio: Option<f64>,
+    pub confidence: Option<f64>,
+    pub min_requests: Option<u64>,
+    pub consecutive: Option<u64>,
+    pub action: Option<String>,
+    pub arm: Option<String>,
+}
+
+/// `[routes.rollout]`: an arm ramped step by step while its guardrails hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub arm: String,
+    /// Weights in percent, ascending, the last 100.
+    pub steps: Vec<f64>,
+    /// Time at each step before the next (`"10m"`).
+    pub bake: String,
+    /// Names of the route's guardrails that must pass to advance (default: all of them).
+    pub require: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +195,8 @@ pub struct RawBackend {
     pub first_byte_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub total_timeout_ms: Option<u64>,
+    /// The backend may see clients' credentials when it receives shadow copies (default false).
+    pub trusted: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +241,15 @@ pub struct RawRoute {
     pub balance: Option<String>,
     /// The knobs of `balance = "prefix"`.
     pub prefix: Option<RawPrefix>,
+    /// The arm canaries are compared with and rolled back to (default: the first arm of the
+    /// active set).
+    pub champion: Option<String>,
+    #[serde(default)]
+    pub guardrails: Vec<RawGuardrail>,
+    pub rollout: Option<RawRollout>,
+    /// Case-insensitive phrases that mark an answer as a refusal (`refusal_rate`).
+    #[serde(default)]
+    pub refusal_patterns: Vec<String>,
     /// Tier a request matching no tier rule starts from (default: the cheapest).
     pub default_tier: Option<String>,
     /// Honour the client's `x-switchyard-tier` header.
@@ -224,6 +322,9 @@ pub struct RawRetry {
 pub struct RawShadow {
     pub backend: String,
     pub percent: f64,
+    /// Copy the client's `Authorization`, `Cookie`, `x-api-key` to the shadow (default: the
+    /// shadow backend's `trusted`).
+    pub copy_credentials: Option<bool>,
     /// Model name sent to the shadow backend (else the backend's own `model` rewrite applies).
     pub model: Option<String>,
     pub max_inflight: Option<u64>,
