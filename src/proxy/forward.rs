@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
-use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::time::fast_timeout::fast_timeout;
@@ -25,6 +24,7 @@ use crate::shadow::{compare, ExchangeRecord, ShadowJob};
 use crate::upstream::sse::error_event;
 use crate::upstream::{
     attempt, is_hop_header, release, upstream_request, Answer, AttemptError, ResponseCapture,
+    UpstreamPool,
 };
 
 /// Why an exchange ended without a normal response.
@@ -45,7 +45,7 @@ impl From<GatewayError> for Failure {
 pub async fn forward(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    connector: &Connector,
+    connector: &UpstreamPool,
     snapshot: &PolicySnapshot,
     decision: &Decision,
     facts: &RequestFacts,
@@ -129,7 +129,7 @@ pub async fn forward(
 async fn relay(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    connector: &Connector,
+    connector: &UpstreamPool,
     snapshot: &PolicySnapshot,
     decision: &Decision,
     facts: &RequestFacts,

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method};
-use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -20,10 +19,11 @@ use crate::config::PolicyStore;
 use crate::error::GatewayError;
 use crate::routing::{decide, Draws, Endpoint, RequestFacts, BUCKETS};
 use crate::shadow::ExchangeRecord;
+use crate::upstream::UpstreamPool;
 
 pub struct Gateway {
     store: Arc<PolicyStore>,
-    connector: Connector,
+    connector: UpstreamPool,
     rotation: AtomicUsize,
 }
 
@@ -31,7 +31,7 @@ impl Gateway {
     pub fn new(store: Arc<PolicyStore>) -> Gateway {
         Gateway {
             store,
-            connector: Connector::new(None),
+            connector: UpstreamPool::new(),
             rotation: AtomicUsize::new(0),
         }
     }

@@ -6,9 +6,10 @@
 
 pub mod attempt;
 pub mod capture;
+pub mod one_send;
 pub mod request;
 pub mod sse;
 
-pub use attempt::{attempt, release, Answer, AttemptError};
+pub use attempt::{attempt, release, Answer, AttemptError, UpstreamPool};
 pub use capture::{Captured, ResponseCapture};
 pub use request::{is_hop_header, upstream_request};
