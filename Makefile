@@ -12,7 +12,9 @@ build: prereqs
 run: build
 	scripts/demo.sh
 
-test: prereqs
+# The tests start real redis-server processes (budgets, cache): installed here when missing.
+test:
+	@scripts/prereqs.sh redis-server
 	$(CARGO) test --locked
 
 lint: prereqs

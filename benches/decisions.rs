@@ -61,18 +61,23 @@ fn decisions(c: &mut Criterion) {
         shadow_bucket: d,
         rotation: d as usize,
     };
+    let now = std::time::Instant::now();
     let mut g = c.benchmark_group("decide");
     let mut draw = 0u32;
     g.bench_function("sticky_header", |b| {
         b.iter(|| {
             draw = (draw + 7919) % BUCKETS;
-            decide(&snapshot, &facts, &sticky, draws(draw))
+            decide(&snapshot, &facts, &sticky, draws(draw), |b| {
+                snapshot.backend_view(b, now, &facts)
+            })
         })
     });
     g.bench_function("random_draw", |b| {
         b.iter(|| {
             draw = (draw + 7919) % BUCKETS;
-            decide(&snapshot, &facts, &anonymous, draws(draw))
+            decide(&snapshot, &facts, &anonymous, draws(draw), |b| {
+                snapshot.backend_view(b, now, &facts)
+            })
         })
     });
     g.finish();

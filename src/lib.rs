@@ -9,6 +9,7 @@ pub mod admin;
 pub mod backends;
 pub mod client;
 pub mod config;
+pub mod cost;
 pub mod error;
 pub mod metrics;
 pub mod proxy;

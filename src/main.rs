@@ -239,9 +239,55 @@ fn check(file: &PathBuf) -> ExitCode {
                         }
                     );
                 }
+                print_cost_plan(&policy, route);
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// The route's tier plan, retry settings and fallback routes, as `check` shows them.
+fn print_cost_plan(policy: &switchyard::config::Policy, route: &switchyard::config::RouteSpec) {
+    let tier = |i: usize| policy.tier_name(i).unwrap_or("-").to_owned();
+    if !policy.tiers.is_empty() {
+        let t = &route.tiering;
+        println!(
+            "    tiers: start {} by default; try upward{}{}",
+            tier(t.default_tier),
+            if t.overflow_down {
+                ", then downward"
+            } else {
+                ""
+            },
+            if t.allow_client_tier {
+                "; clients may choose with x-switchyard-tier"
+            } else {
+                ""
+            }
+        );
+        for (i, rule) in t.rules.iter().enumerate() {
+            println!("      rule {}: {} → {}", i + 1, rule.when, tier(rule.tier));
+        }
+    }
+    let r = &route.retry;
+    let on: Vec<&str> = r.on.iter().map(|f| f.as_str()).collect();
+    println!(
+        "    retry on [{}], at most {} attempt(s), budget {}% + {}/s{}",
+        on.join(", "),
+        r.max_attempts,
+        r.budget_percent,
+        r.budget_min_per_second,
+        r.ttft_timeout
+            .map(|t| format!(", TTFT timeout {} ms", t.as_millis()))
+            .unwrap_or_default()
+    );
+    if !route.fallback_routes.is_empty() {
+        let names: Vec<&str> = route
+            .fallback_routes
+            .iter()
+            .map(|&i| policy.routes[i].name.as_str())
+            .collect();
+        println!("    fallback routes: {}", names.join(", "));
     }
 }
 

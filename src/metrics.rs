@@ -13,7 +13,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::shadow::ShadowStats;
+use crate::telemetry::attempts::AttemptRegistry;
 use crate::telemetry::prom;
+use crate::telemetry::usage::UsageRegistry;
+pub use crate::telemetry::Outcome;
 
 /// Upper bounds (seconds) of the latency buckets: from sub-millisecond proxy answers to long
 /// generations.
@@ -75,17 +78,6 @@ pub(crate) fn write_histogram(
     prom::histogram(out, name, labels, &BOUNDS, cumulative, count, sum_seconds);
 }
 
-/// What happened to one request, as the arm's series record it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// A 2xx answer that completed (streams: ended with `[DONE]` and no error event).
-    Success,
-    /// The backend answered 4xx: the client's fault, not the arm's.
-    ClientError,
-    /// 5xx, a timeout, a broken connection or an error event inside a stream.
-    Error,
-}
-
 /// The series of one route/arm pair.
 #[derive(Default)]
 pub struct ArmStats {
@@ -114,14 +106,10 @@ impl ArmStats {
 
     pub fn record(&self, outcome: Outcome, latency: Duration, ttft: Option<Duration>) {
         self.requests.fetch_add(1, Relaxed);
-        match outcome {
-            Outcome::Success => {}
-            Outcome::ClientError => {
-                self.client_errors.fetch_add(1, Relaxed);
-            }
-            Outcome::Error => {
-                self.errors.fetch_add(1, Relaxed);
-            }
+        if outcome == Outcome::ClientError {
+            self.client_errors.fetch_add(1, Relaxed);
+        } else if outcome.is_backend_error() {
+            self.errors.fetch_add(1, Relaxed);
         }
         self.latency.record(latency);
         if let Some(t) = ttft {
@@ -140,6 +128,10 @@ pub struct Metrics {
     pub policy_version: AtomicU64,
     pub policy_swaps: AtomicU64,
     pub policy_rejected: AtomicU64,
+    /// Tokens and cost per route/arm/backend/tier.
+    pub usage: UsageRegistry,
+    /// Attempts per backend, fallbacks and retry budgets per route.
+    pub attempts: AttemptRegistry,
 }
 
 impl Metrics {
@@ -247,6 +239,8 @@ impl Metrics {
             }
         }
         ShadowStats::render_all(&mut out, &self.shadows());
+        self.usage.render(&mut out);
+        self.attempts.render(&mut out);
         let _ = writeln!(
             out,
             "# HELP switchyard_rejected_requests_total Requests the gateway answered with an error itself, by code.\n# TYPE switchyard_rejected_requests_total counter"
@@ -351,7 +345,7 @@ mod tests {
     fn series_survive_and_render() {
         let m = Metrics::default();
         m.arm("chat", "canary")
-            .record(Outcome::Error, Duration::from_millis(3), None);
+            .record(Outcome::ServerError, Duration::from_millis(3), None);
         m.arm("chat", "canary")
             .record(Outcome::Success, Duration::from_millis(3), None);
         m.record_rejected("model_not_found");

@@ -1,10 +1,11 @@
-//! What the gateway knows of each backend's load: requests in flight, kept per backend identity
-//! across policy versions.
+//! What the gateway knows of each backend's load: requests in flight and any cooldown a 429 asked
+//! for, kept per backend identity across policy versions.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -13,11 +14,35 @@ use parking_lot::Mutex;
 #[derive(Debug, Default)]
 pub struct BackendLoad {
     in_flight: AtomicU32,
+    /// Milliseconds since [`epoch`] until which the backend asked not to be sent requests.
+    cool_until_ms: AtomicU64,
+}
+
+/// A fixed instant of this process, so instants fit in an atomic as milliseconds.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_millis() as u64
 }
 
 impl BackendLoad {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the backend out of candidate lists until `now + wait` (a 429's `Retry-After`).
+    /// A later cooldown never shortens an earlier one.
+    pub fn cool_down(&self, now: Instant, wait: Duration) {
+        self.cool_until_ms
+            .fetch_max(millis_since_epoch(now + wait), Ordering::Relaxed);
+    }
+
+    /// Whether the backend is still cooling down at `now`.
+    pub fn cooling(&self, now: Instant) -> bool {
+        self.cool_until_ms.load(Ordering::Relaxed) > millis_since_epoch(now)
     }
 
     /// Counts a request against the backend until the guard drops.
@@ -56,5 +81,21 @@ impl LoadRegistry {
                 load
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cooldown_lasts_its_time_and_never_shrinks() {
+        let load = BackendLoad::default();
+        let now = Instant::now();
+        assert!(!load.cooling(now));
+        load.cool_down(now, Duration::from_secs(5));
+        load.cool_down(now, Duration::from_secs(1));
+        assert!(load.cooling(now + Duration::from_secs(4)));
+        assert!(!load.cooling(now + Duration::from_secs(6)));
     }
 }

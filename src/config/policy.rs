@@ -5,7 +5,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::routing::{ArmTable, StickyKey};
+use std::collections::HashMap;
+
+use crate::routing::fallback::RetryPolicy;
+use crate::routing::tier::TierPlan;
+use crate::routing::{ApiKeyHash, ArmTable, StickyKey};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -21,8 +25,24 @@ pub const DEFAULT_TOTAL_TIMEOUT_MS: u64 = 600_000;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub server: ServerSettings,
+    /// Cost tiers, cheapest first; empty when the policy declares none (one implicit tier).
+    pub tiers: Vec<String>,
+    /// Hashed API key → plan name, for tier rules.
+    pub plans: HashMap<ApiKeyHash, String>,
     pub backends: Vec<BackendSpec>,
     pub routes: Vec<RouteSpec>,
+}
+
+impl Policy {
+    /// How many tiers candidates are ordered over (at least 1).
+    pub fn tier_count(&self) -> usize {
+        self.tiers.len().max(1)
+    }
+
+    /// The display name of tier `index`, if the policy names its tiers.
+    pub fn tier_name(&self, index: usize) -> Option<&str> {
+        self.tiers.get(index).map(String::as_str)
+    }
 }
 
 /// Settings of the process itself. `listen`, `admin_listen` and `threads` are bound at start-up;
@@ -47,7 +67,10 @@ pub struct BackendSpec {
     pub authority: String,
     /// When set, the request's `model` is rewritten to this before it goes upstream.
     pub upstream_model: Option<String>,
+    /// The tier name as written (shown in `x-switchyard-tier`).
     pub tier: Option<String>,
+    /// Index into the policy's tiers (0 when the policy has none).
+    pub tier_rank: usize,
     pub price: Option<Price>,
     pub max_inflight: u32,
     pub timeouts: BackendTimeouts,
@@ -57,6 +80,8 @@ pub struct BackendSpec {
 pub struct Price {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    /// Prompt tokens served from the backend's prefix cache; `None` bills them as input.
+    pub cached_input_per_mtok: Option<f64>,
 }
 
 /// Per-backend deadlines of one upstream exchange.
@@ -83,6 +108,11 @@ pub struct RouteSpec {
     pub active_set: Option<String>,
     pub allow_arm_override: bool,
     pub shadow: Option<ShadowSpec>,
+    /// Which tier a request starts from, and how far candidates may move.
+    pub tiering: TierPlan,
+    /// Indexes of routes tried after this one's own candidates.
+    pub fallback_routes: Vec<usize>,
+    pub retry: RetryPolicy,
 }
 
 pub const DEFAULT_SHADOW_MAX_INFLIGHT: u64 = 32;

@@ -9,8 +9,13 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
+    /// Cost tiers, cheapest first (`tiers = ["economy", "standard", "premium"]`).
+    #[serde(default)]
+    pub tiers: Vec<String>,
     #[serde(default)]
     pub server: RawServer,
+    /// API-key plans for tier rules: hashed keys → plan name.
+    pub plans: Option<RawPlans>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
     #[serde(default)]
@@ -50,6 +55,19 @@ pub struct RawBackend {
 pub struct RawPrice {
     pub input_per_mtok: f64,
     pub output_per_mtok: f64,
+    /// Price of prompt tokens the backend served from its prefix cache (default: the input
+    /// price).
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlans {
+    /// SHA-256 (hex) of an API key → the plan it belongs to.
+    #[serde(default)]
+    pub keys: std::collections::BTreeMap<String, String>,
+    /// A file of more `HEX PLAN` lines (blank lines and `#` comments allowed).
+    pub keys_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +86,52 @@ pub struct RawRoute {
     #[serde(default)]
     pub arms: Vec<RawArm>,
     pub shadow: Option<RawShadow>,
+    /// Tier a request matching no tier rule starts from (default: the cheapest).
+    pub default_tier: Option<String>,
+    /// Honour the client's `x-switchyard-tier` header.
+    pub allow_client_tier: Option<bool>,
+    /// Let candidates move to cheaper tiers too when the starting tier and above cannot serve.
+    pub overflow_down: Option<bool>,
+    /// Rules choosing the starting tier, first match wins.
+    #[serde(default)]
+    pub tier_rules: Vec<RawTierRule>,
+    /// Routes whose candidates are tried after this route's own, with the model rewritten.
+    #[serde(default)]
+    pub fallback_routes: Vec<String>,
+    pub retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTierRule {
+    pub tier: String,
+    pub prompt_tokens_at_least: Option<u64>,
+    pub prompt_tokens_below: Option<u64>,
+    pub max_tokens_at_least: Option<u64>,
+    pub tools: Option<bool>,
+    pub json_mode: Option<bool>,
+    pub stream: Option<bool>,
+    pub header: Option<RawHeaderMatch>,
+    pub plan: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Failures that move on to the next candidate: connect, 429, 5xx, first_byte_timeout,
+    /// ttft_timeout (default: all).
+    pub on: Option<Vec<String>>,
+    pub max_attempts: Option<u64>,
+    pub budget_percent: Option<f64>,
+    pub budget_min_per_second: Option<f64>,
+    pub ttft_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,13 +4,22 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::policy::{Policy, RouteSpec};
 use crate::backends::{BackendLoad, LoadRegistry};
 use crate::metrics::{ArmStats, Metrics};
+use crate::routing::candidates::expected_cost;
+use crate::routing::{BackendView, RequestFacts};
 use crate::shadow::ShadowStats;
+use crate::telemetry::attempts::{BackendAttempts, RouteRetries};
+use crate::telemetry::usage::UsageHandles;
+
+/// Output tokens assumed for a request that sets no `max_tokens`, when ordering candidates by
+/// what the request would cost.
+const ASSUMED_OUTPUT_TOKENS: u64 = 256;
 
 /// The running policy: validated content, version, and runtime handles.
 pub struct PolicySnapshot {
@@ -25,6 +34,12 @@ pub struct PolicySnapshot {
     pub arm_stats: Vec<Vec<Arc<ArmStats>>>,
     /// Parallel to `policy.routes`: the shadow series of routes that mirror.
     pub shadow_stats: Vec<Option<Arc<ShadowStats>>>,
+    /// Parallel to `policy.routes`: retry budget and fallback counts.
+    pub route_retries: Vec<Arc<RouteRetries>>,
+    /// Parallel to `policy.backends`: attempts by result.
+    pub backend_attempts: Vec<Arc<BackendAttempts>>,
+    /// Token and cost series, resolved on first use.
+    pub usage: UsageHandles,
     model_index: HashMap<String, usize>,
 }
 
@@ -63,8 +78,21 @@ impl PolicySnapshot {
             .iter()
             .map(|r| r.shadow.as_ref().map(|_| metrics.shadow(&r.name)))
             .collect();
+        let route_retries = policy
+            .routes
+            .iter()
+            .map(|r| metrics.attempts.route(&r.name))
+            .collect();
+        let backend_attempts = policy
+            .backends
+            .iter()
+            .map(|b| metrics.attempts.backend(&b.name))
+            .collect();
         PolicySnapshot {
             version,
+            route_retries,
+            backend_attempts,
+            usage: UsageHandles::default(),
             shadow_stats,
             content_hash: content_hash(&source),
             policy,
@@ -80,6 +108,27 @@ impl PolicySnapshot {
         self.model_index
             .get(model)
             .map(|&i| (i, &self.policy.routes[i]))
+    }
+
+    /// What candidate ordering sees of backend `b` at `now` for the request of `facts`: its
+    /// tier, load, cooldown and what the request would cost there.
+    pub fn backend_view(&self, b: usize, now: Instant, facts: &RequestFacts) -> BackendView {
+        let spec = &self.policy.backends[b];
+        let load = &self.loads[b];
+        BackendView {
+            tier: spec.tier_rank,
+            in_flight: load.in_flight(),
+            max_inflight: spec.max_inflight,
+            cooling: load.cooling(now),
+            expected_cost: spec.price.as_ref().map_or(0.0, |p| {
+                expected_cost(
+                    facts.prompt_tokens_estimate,
+                    facts.max_tokens.unwrap_or(ASSUMED_OUTPUT_TOKENS),
+                    p.input_per_mtok,
+                    p.output_per_mtok,
+                )
+            }),
+        }
     }
 
     /// Every model name some route serves, in policy order.

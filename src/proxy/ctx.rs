@@ -1,48 +1,35 @@
-//! Per-request state shared by the hooks: the pinned snapshot, the decision, and what the
-//! `logging` hook needs to record.
+//! Per-request state shared by the hooks: the pinned snapshot, the request's record, and the
+//! handles that must live exactly as long as the request.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::backends::InFlightGuard;
 use crate::config::PolicySnapshot;
-use crate::metrics::Outcome;
-use crate::routing::Decision;
-use crate::shadow::{ExchangeRecord, PrimaryLink};
+use crate::shadow::PrimaryLink;
+use crate::telemetry::RequestRecord;
 
 pub struct RequestCtx {
-    pub started: Instant,
     /// Pinned once at the start; the request sees this version to its end.
     pub snapshot: Option<Arc<PolicySnapshot>>,
-    pub decision: Option<Decision>,
-    /// The backend that answered (index into the snapshot's backends).
-    pub backend: Option<usize>,
-    pub status: u16,
-    /// Time from `started` to the first response body bytes from the backend.
-    pub first_byte: Option<Duration>,
-    pub outcome: Option<Outcome>,
-    /// Error code when the gateway answered the request itself.
-    pub rejected: Option<&'static str>,
+    /// What happened, filled in as the request goes; handed to every consumer in `logging`.
+    pub record: RequestRecord,
+    /// The serving backend's in-flight count, held until the answer is relayed.
     pub(super) in_flight: Option<InFlightGuard>,
-    /// Set when the request is mirrored: the shadow task waits for the primary's record.
+    /// Set when the request is mirrored: the shadow task waits for the primary's figures.
     pub(super) shadow_link: Option<PrimaryLink>,
-    pub(super) primary_record: Option<ExchangeRecord>,
+    /// The primary's generated text, kept only for a mirrored request's comparison.
+    pub(super) primary_text: Option<String>,
 }
 
 impl RequestCtx {
     pub fn new() -> RequestCtx {
         RequestCtx {
-            started: Instant::now(),
             snapshot: None,
-            decision: None,
-            backend: None,
-            status: 0,
-            first_byte: None,
-            outcome: None,
-            rejected: None,
+            record: RequestRecord::new(Instant::now()),
             in_flight: None,
             shadow_link: None,
-            primary_record: None,
+            primary_text: None,
         }
     }
 }

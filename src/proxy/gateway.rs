@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,12 +15,18 @@ use rand::Rng;
 
 use super::body::read_body;
 use super::ctx::RequestCtx;
-use super::forward::{forward, Failure};
+use super::exchange::{precommit, Exchange};
+use super::relay::relay;
+use super::{observe, Failure};
 use crate::config::PolicyStore;
 use crate::error::GatewayError;
-use crate::routing::{decide, Draws, Endpoint, RequestFacts, BUCKETS};
-use crate::shadow::ExchangeRecord;
-use crate::upstream::UpstreamPool;
+use crate::routing::tier::{plan_of, start_tier};
+use crate::routing::{
+    candidates, choose_arm, match_route, ApiKeyHash, Draws, Endpoint, RequestFacts, BUCKETS,
+};
+use crate::shadow::ShadowJob;
+use crate::telemetry::Outcome;
+use crate::upstream::{upstream_base, UpstreamPool};
 
 pub struct Gateway {
     store: Arc<PolicyStore>,
@@ -36,8 +43,8 @@ impl Gateway {
         }
     }
 
-    /// Serves one request to its end. `Err` means nothing was written yet and the caller must
-    /// answer with the error.
+    /// Serves one request to its end. `Err(Respond)` means nothing was written yet and the
+    /// caller must answer with the error.
     async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Failure> {
         let snapshot = self.store.current();
         ctx.snapshot = Some(snapshot.clone());
@@ -62,6 +69,13 @@ impl Gateway {
         }
         let body = read_body(session, snapshot.policy.server.max_body_bytes).await?;
         let facts = RequestFacts::parse(endpoint, &body).map_err(GatewayError::from)?;
+        ctx.record.endpoint = Some(endpoint);
+        ctx.record.stream = facts.stream;
+
+        let route_index = match_route(&snapshot, &facts).map_err(GatewayError::from)?;
+        ctx.record.route = Some(route_index);
+        let route = &snapshot.policy.routes[route_index];
+        let headers = &session.req_header().headers;
         let draws = {
             let mut rng = rand::rng();
             Draws {
@@ -70,20 +84,67 @@ impl Gateway {
                 rotation: self.rotation.fetch_add(1, Ordering::Relaxed),
             }
         };
-        let decision = decide(&snapshot, &facts, &session.req_header().headers, draws)
-            .map_err(GatewayError::from)?;
-        ctx.decision = Some(decision.clone());
-        let _in_flight = snapshot.arm_stats[decision.route][decision.arm].enter();
-        forward(
-            session,
-            ctx,
-            &self.connector,
-            &snapshot,
-            &decision,
+        let choice = choose_arm(route, &facts, headers, draws).map_err(GatewayError::from)?;
+        ctx.record.arm = Some(choice.arm);
+        // Hashing the credential costs a SHA-256: only when a plan could matter.
+        let plan = if snapshot.policy.plans.is_empty() {
+            None
+        } else {
+            plan_of(&snapshot.policy.plans, ApiKeyHash::from_headers(headers))
+        };
+        let start = start_tier(
+            &route.tiering,
+            &snapshot.policy.tiers,
             &facts,
-            body,
+            headers,
+            plan,
+        );
+        let now = Instant::now();
+        let candidates = candidates(
+            &snapshot,
+            route_index,
+            choice.arm,
+            start,
+            &facts,
+            headers,
+            draws,
+            |b| snapshot.backend_view(b, now, &facts),
         )
-        .await
+        .map_err(GatewayError::from)?;
+        let _arm_in_flight = snapshot.arm_stats[route_index][choice.arm].enter();
+
+        // The copy leaves only once the primary request is on the wire (`on_sent`).
+        let mut shadow = None;
+        if choice.mirror {
+            if let Some((job, link)) =
+                ShadowJob::prepare(&snapshot, route_index, &facts, session.req_header(), &body)
+            {
+                shadow = Some(job);
+                ctx.shadow_link = Some(link);
+            }
+        }
+        let mut on_sent = || {
+            if let Some(job) = shadow.take() {
+                job.launch();
+            }
+        };
+        let client_addr = session.client_addr().map(|a| match a.as_inet() {
+            Some(inet) => inet.ip().to_string(),
+            None => a.to_string(),
+        });
+        let base = upstream_base(session.req_header(), client_addr)
+            .map_err(|e| GatewayError::UpstreamFailed(e.to_string()))?;
+        let exchange = Exchange {
+            snapshot: &snapshot,
+            facts: &facts,
+            body: &body,
+            base,
+            connector: &self.connector,
+            route: route_index,
+            keep_text: ctx.shadow_link.is_some(),
+        };
+        let committed = precommit(&exchange, ctx, &candidates, &mut on_sent).await?;
+        relay(session, ctx, &exchange, committed).await
     }
 }
 
@@ -128,11 +189,12 @@ impl ProxyHttp for Gateway {
         match self.serve(session, ctx).await {
             Ok(()) => Ok(true),
             Err(Failure::Respond(e)) => {
-                ctx.status = e.status();
-                if ctx.decision.is_none() {
-                    ctx.rejected = Some(e.code());
-                } else {
-                    ctx.outcome = Some(crate::metrics::Outcome::Error);
+                ctx.record.status = e.status();
+                ctx.record.error_code = Some(e.code());
+                // Failures after routing already set their outcome (timeout, connect error, …);
+                // before it, the gateway refused the request itself.
+                if ctx.record.attempts.is_empty() {
+                    ctx.record.outcome = Outcome::Rejected;
                 }
                 // An unread body would be taken for the next request: close instead.
                 if !session.is_body_done() {
@@ -157,43 +219,11 @@ impl ProxyHttp for Gateway {
         )
     }
 
-    /// Called when the request is over, whatever happened: records its metrics.
-    async fn logging(&self, _session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+    /// Called when the request is over, whatever happened: completes the record and hands it
+    /// to every consumer, once.
+    async fn logging(&self, _session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.in_flight.take();
-        if let Some(link) = ctx.shadow_link.take() {
-            let backend = match (&ctx.snapshot, ctx.backend) {
-                (Some(s), Some(b)) => s.policy.backends[b].name.clone(),
-                _ => String::new(),
-            };
-            link.send(ctx.primary_record.take().unwrap_or_else(|| ExchangeRecord {
-                backend,
-                status: ctx.status,
-                latency: ctx.started.elapsed(),
-                ..ExchangeRecord::default()
-            }));
-        }
-        let (Some(snapshot), Some(decision)) = (&ctx.snapshot, &ctx.decision) else {
-            if let Some(code) = ctx.rejected {
-                self.store.metrics().record_rejected(code);
-            }
-            return;
-        };
-        let outcome = match (ctx.outcome, error) {
-            (Some(o), _) => o,
-            (None, _) => crate::metrics::Outcome::Error,
-        };
-        snapshot.arm_stats[decision.route][decision.arm].record(
-            outcome,
-            ctx.started.elapsed(),
-            ctx.first_byte,
-        );
-        tracing::debug!(
-            target: "switchyard::access",
-            route = %snapshot.policy.routes[decision.route].name,
-            status = ctx.status,
-            ?outcome,
-            latency_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
-            version = snapshot.version,
-        );
+        ctx.record.latency = ctx.record.started.elapsed();
+        observe::request_ended(ctx, self.store.metrics());
     }
 }

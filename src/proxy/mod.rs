@@ -2,16 +2,38 @@
 //!
 //! Every request is answered inside `request_filter`: the body is read once (bounded), parsed
 //! into [`RequestFacts`](crate::routing::RequestFacts), routed by the pure decision functions,
-//! and exchanged with the backend over pingora's pooled upstream connector (`forward`). Doing
-//! the upstream leg here rather than in pingora's proxy loop is deliberate: pingora replays a
-//! body read before `upstream_peer` only from its 64 KiB retry buffer, and LLM prompts are
-//! routinely larger; it also keeps "retry only before the first byte reached the client" and
-//! SSE error detection in one place.
+//! and exchanged with the backends over pingora's pooled upstream connector in two phases: the
+//! pre-commit exchange (`exchange`: attempts and fallbacks, nothing sent to the client yet) and
+//! the committed relay (`relay`: bytes flow to the client, no retry). Doing the upstream leg
+//! here rather than in pingora's proxy loop is deliberate: pingora replays a body read before
+//! `upstream_peer` only from its 64 KiB retry buffer, and LLM prompts are routinely larger; it
+//! also keeps "retry only before the first byte reached the client" in one place.
+//!
+//! Whatever happens, the request's [`RequestRecord`](crate::telemetry::RequestRecord) is
+//! completed and handed once to every consumer in the `logging` hook.
 
 pub(crate) mod body;
 mod ctx;
-mod forward;
+mod exchange;
 mod gateway;
+mod observe;
+mod relay;
 
 pub use ctx::RequestCtx;
 pub use gateway::Gateway;
+
+use crate::error::GatewayError;
+
+/// Why a request ended without a normal response.
+pub(crate) enum Failure {
+    /// Nothing was sent to the client yet: answer with this error.
+    Respond(GatewayError),
+    /// The response had begun (or the client went away): the connection can only be closed.
+    Abort(Box<pingora::Error>),
+}
+
+impl From<GatewayError> for Failure {
+    fn from(e: GatewayError) -> Self {
+        Failure::Respond(e)
+    }
+}

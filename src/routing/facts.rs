@@ -41,6 +41,10 @@ pub struct RequestFacts {
     pub prompt_tokens_estimate: u64,
     /// Number of chat messages (0 for completions and embeddings).
     pub message_count: usize,
+    /// The request offers tools (a non-empty `tools` or legacy `functions` list).
+    pub tools: bool,
+    /// `response_format` asks for JSON (`json_object` or `json_schema`).
+    pub json_mode: bool,
 }
 
 /// Why a body could not be turned into [`RequestFacts`].
@@ -69,6 +73,16 @@ struct Wire<'a> {
     prompt: Option<PromptField<'a>>,
     #[serde(borrow)]
     input: Option<PromptField<'a>>,
+    tools: Option<Vec<serde::de::IgnoredAny>>,
+    functions: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(borrow)]
+    response_format: Option<ResponseFormat<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseFormat<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +174,12 @@ impl RequestFacts {
             user: wire.user.map(Cow::into_owned),
             prompt_tokens_estimate,
             message_count,
+            tools: wire.tools.is_some_and(|t| !t.is_empty())
+                || wire.functions.is_some_and(|f| !f.is_empty()),
+            json_mode: wire
+                .response_format
+                .and_then(|f| f.kind)
+                .is_some_and(|k| k == "json_object" || k == "json_schema"),
         })
     }
 }
@@ -194,6 +214,24 @@ mod tests {
         assert_eq!(f.message_count, 2);
         // "You are terse." = 14 bytes → 4, "hello there" = 11 bytes → 3
         assert_eq!(f.prompt_tokens_estimate, 7);
+        assert!(!f.tools && !f.json_mode);
+    }
+
+    #[test]
+    fn tools_and_json_mode() {
+        let f = RequestFacts::parse(
+            Endpoint::ChatCompletions,
+            br#"{"model":"m","tools":[{"type":"function","function":{"name":"f"}}],
+                "response_format":{"type":"json_schema","json_schema":{"name":"x"}}}"#,
+        )
+        .unwrap();
+        assert!(f.tools && f.json_mode);
+        let f = RequestFacts::parse(
+            Endpoint::ChatCompletions,
+            br#"{"model":"m","tools":[],"response_format":{"type":"text"}}"#,
+        )
+        .unwrap();
+        assert!(!f.tools && !f.json_mode);
     }
 
     #[test]

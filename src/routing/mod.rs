@@ -1,31 +1,26 @@
 //! Pure routing decisions over [`RequestFacts`] and a policy snapshot: which route, which arm,
-//! which backends in which order. No I/O, no clocks, no randomness of their own; the proxy
-//! supplies the random draw and the rotation.
+//! which tier to start from, which backends in which order, whether to retry. No I/O, no clocks,
+//! no randomness of their own; the proxy supplies the random draws, the rotation and a view of
+//! backend load taken at one instant.
+//!
+//! The decision comes in steps so others can sit between them: [`match_route`] (route from the
+//! model; budget admission follows it), [`choose_arm`] (sticky or random bucket, QA override,
+//! shadow; the cache lookup follows it, since its key includes the arm), then [`candidates`]
+//! (tiers, price, load, cooldowns, fallback routes).
 
 pub mod api_key;
 pub mod arm;
-pub mod backend;
+pub mod candidates;
 pub mod facts;
+pub mod fallback;
+pub mod tier;
 
 pub use api_key::ApiKeyHash;
-pub use arm::{choose_arm, sticky_bucket, Arm, ArmTable, NewArm, StickyKey, BUCKETS};
-pub use backend::order_by_load;
+pub use arm::{sticky_bucket, Arm, ArmTable, NewArm, StickyKey, BUCKETS};
+pub use candidates::BackendView;
 pub use facts::{rewrite_model, Endpoint, FactsError, RequestFacts};
 
-use crate::config::PolicySnapshot;
-
-/// Where one request goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    /// Index into the snapshot's routes.
-    pub route: usize,
-    /// Index into the route's arms.
-    pub arm: usize,
-    /// The arm's backends to try, in order (indexes into the snapshot's backends).
-    pub backends: Vec<usize>,
-    /// Whether a copy goes to the route's shadow backend.
-    pub mirror: bool,
-}
+use crate::config::{PolicySnapshot, RouteSpec};
 
 /// Why no decision could be made for a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,7 +29,9 @@ pub enum RoutingError {
     UnknownModel(String),
     #[error("route `{route}` has no arm named `{arm}`")]
     UnknownArm { route: String, arm: String },
-    #[error("every backend of route `{route}` arm `{arm}` is at its in-flight limit")]
+    #[error(
+        "every backend of route `{route}` arm `{arm}` is at its in-flight limit or cooling down"
+    )]
     BackendsSaturated { route: String, arm: String },
 }
 
@@ -52,16 +49,53 @@ pub struct Draws {
 /// The header a QA client sets to force an arm on routes with `allow_arm_override`.
 pub const ARM_OVERRIDE_HEADER: &str = "x-switchyard-arm";
 
-/// Decides route, arm, backend order and mirroring for a request.
-pub fn decide(
-    snapshot: &PolicySnapshot,
+/// The arm chosen for a request, and whether a copy goes to the route's shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArmChoice {
+    /// Index into the route's arms.
+    pub arm: usize,
+    pub mirror: bool,
+}
+
+/// One backend to try, with the route and arm whose policy it is tried under (a fallback
+/// route's candidates carry that route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub backend: usize,
+    pub route: usize,
+    pub arm: usize,
+}
+
+/// Where one request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Index into the snapshot's routes.
+    pub route: usize,
+    pub arm: usize,
+    /// The tier the request starts from (index into the policy's tiers).
+    pub start_tier: usize,
+    /// Backends to try, in order: the arm's own (by tier), then the fallback routes'.
+    pub candidates: Vec<Candidate>,
+    /// Whether a copy goes to the route's shadow backend.
+    pub mirror: bool,
+}
+
+/// The route serving the request's model.
+pub fn match_route(snapshot: &PolicySnapshot, facts: &RequestFacts) -> Result<usize, RoutingError> {
+    snapshot
+        .route_for_model(&facts.model)
+        .map(|(i, _)| i)
+        .ok_or_else(|| RoutingError::UnknownModel(facts.model.clone()))
+}
+
+/// The arm of `route` for this request: the QA override where the route allows it, else the
+/// sticky key's bucket, else the random one; and whether the request is mirrored.
+pub fn choose_arm(
+    route: &RouteSpec,
     facts: &RequestFacts,
     headers: &http::HeaderMap,
     draws: Draws,
-) -> Result<Decision, RoutingError> {
-    let (route_index, route) = snapshot
-        .route_for_model(&facts.model)
-        .ok_or_else(|| RoutingError::UnknownModel(facts.model.clone()))?;
+) -> Result<ArmChoice, RoutingError> {
     let key = route.sticky.value(headers, facts);
     let forced = match headers.get(ARM_OVERRIDE_HEADER) {
         // Without the route's consent the header is ignored, not an error: clients may send it
@@ -80,34 +114,104 @@ pub fn decide(
         }
         _ => None,
     };
-    let arm_index =
-        forced.unwrap_or_else(|| choose_arm(&route.arms, &route.salt, key, draws.arm_bucket));
+    let arm =
+        forced.unwrap_or_else(|| arm::choose_arm(&route.arms, &route.salt, key, draws.arm_bucket));
+    let mirror = route.shadow.as_ref().is_some_and(|shadow| {
+        (shadow.mirror_streaming || !facts.stream)
+            && mirror_bucket(&route.salt, key, draws.shadow_bucket) < shadow.percent_bp
+    });
+    Ok(ArmChoice { arm, mirror })
+}
+
+/// The backends to try for a request that starts at `start_tier` on `route`'s arm `arm`: that
+/// arm's backends by tier, then each fallback route's (its own arm choice and tier rules, with
+/// the same draws). A backend already listed is not listed again. `view` describes each
+/// backend now. Errors when nothing at all can be tried.
+#[allow(clippy::too_many_arguments)]
+pub fn candidates(
+    snapshot: &PolicySnapshot,
+    route_index: usize,
+    arm_index: usize,
+    start_tier: usize,
+    facts: &RequestFacts,
+    headers: &http::HeaderMap,
+    draws: Draws,
+    view: impl Fn(usize) -> BackendView,
+) -> Result<Vec<Candidate>, RoutingError> {
+    let policy = &snapshot.policy;
+    let route = &policy.routes[route_index];
     let arm = &route.arms.arms()[arm_index];
-    let backends = order_by_load(
+    let mut out: Vec<Candidate> = candidates::order_backends(
         &arm.backends,
-        |b| {
-            (
-                snapshot.loads[b].in_flight(),
-                snapshot.policy.backends[b].max_inflight,
-            )
-        },
+        start_tier,
+        policy.tier_count(),
+        route.tiering.overflow_down,
+        &view,
         draws.rotation,
-    );
-    if backends.is_empty() {
+    )
+    .into_iter()
+    .map(|backend| Candidate {
+        backend,
+        route: route_index,
+        arm: arm_index,
+    })
+    .collect();
+    for &fallback in &route.fallback_routes {
+        let other = &policy.routes[fallback];
+        let Ok(choice) = choose_arm(other, facts, headers, draws) else {
+            continue;
+        };
+        let plan = tier::plan_of(&policy.plans, ApiKeyHash::from_headers(headers));
+        let start = tier::start_tier(&other.tiering, &policy.tiers, facts, headers, plan);
+        let backends = candidates::order_backends(
+            &other.arms.arms()[choice.arm].backends,
+            start,
+            policy.tier_count(),
+            other.tiering.overflow_down,
+            &view,
+            draws.rotation,
+        );
+        for backend in backends {
+            if !out.iter().any(|c| c.backend == backend) {
+                out.push(Candidate {
+                    backend,
+                    route: fallback,
+                    arm: choice.arm,
+                });
+            }
+        }
+    }
+    if out.is_empty() {
         return Err(RoutingError::BackendsSaturated {
             route: route.name.clone(),
             arm: arm.name.clone(),
         });
     }
-    let mirror = route.shadow.as_ref().is_some_and(|shadow| {
-        (shadow.mirror_streaming || !facts.stream)
-            && mirror_bucket(&route.salt, key, draws.shadow_bucket) < shadow.percent_bp
-    });
+    Ok(out)
+}
+
+/// Every step at once, for callers with no step of their own in between (benches, tests).
+pub fn decide(
+    snapshot: &PolicySnapshot,
+    facts: &RequestFacts,
+    headers: &http::HeaderMap,
+    draws: Draws,
+    view: impl Fn(usize) -> BackendView,
+) -> Result<Decision, RoutingError> {
+    let route = match_route(snapshot, facts)?;
+    let spec = &snapshot.policy.routes[route];
+    let choice = choose_arm(spec, facts, headers, draws)?;
+    let plan = tier::plan_of(&snapshot.policy.plans, ApiKeyHash::from_headers(headers));
+    let start_tier = tier::start_tier(&spec.tiering, &snapshot.policy.tiers, facts, headers, plan);
+    let candidates = candidates(
+        snapshot, route, choice.arm, start_tier, facts, headers, draws, view,
+    )?;
     Ok(Decision {
-        route: route_index,
-        arm: arm_index,
-        backends,
-        mirror,
+        route,
+        arm: choice.arm,
+        start_tier,
+        candidates,
+        mirror: choice.mirror,
     })
 }
 

@@ -6,8 +6,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::config::policy::Price;
-
 /// One side of a mirrored exchange, as measured by the gateway.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExchangeRecord {
@@ -71,13 +69,6 @@ pub fn jaccard(a: &str, b: &str) -> f64 {
     a.intersection(&b).count() as f64 / union as f64
 }
 
-/// Price of an exchange in USD from the backend's per-million-token prices.
-pub fn cost(price: Option<&Price>, prompt_tokens: u64, output_tokens: u64) -> f64 {
-    price.map_or(0.0, |p| {
-        (prompt_tokens as f64 * p.input_per_mtok + output_tokens as f64 * p.output_per_mtok) / 1e6
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,15 +104,5 @@ mod tests {
         assert_eq!((c.similarity, c.length_delta), (Some(0.4), 1));
         let c = compare(&rec(200, "x", 1), &rec(500, "", 0));
         assert!(!c.same_status && !c.exact_match && c.similarity.is_none());
-    }
-
-    #[test]
-    fn cost_from_prices() {
-        let p = Price {
-            input_per_mtok: 1.0,
-            output_per_mtok: 2.0,
-        };
-        assert!((cost(Some(&p), 1_000_000, 500_000) - 2.0).abs() < 1e-9);
-        assert_eq!(cost(None, 10, 10), 0.0);
     }
 }

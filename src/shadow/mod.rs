@@ -133,10 +133,13 @@ impl ShadowJob {
         if record.prompt_tokens == 0 {
             record.prompt_tokens = prompt_estimate;
         }
-        record.cost_usd = compare::cost(
+        record.cost_usd = crate::cost::cost_usd(
             backend.price.as_ref(),
-            record.prompt_tokens,
-            record.output_tokens,
+            &crate::telemetry::Usage {
+                prompt_tokens: record.prompt_tokens,
+                completion_tokens: record.output_tokens,
+                ..Default::default()
+            },
         );
         if !record.ok {
             tracing::debug!(backend = %backend.name, status = record.status, "shadow exchange failed");
@@ -218,8 +221,10 @@ async fn exchange(
         ok: (200..300).contains(&status) && !captured.stream_failed,
         latency: started.elapsed(),
         ttft,
-        prompt_tokens: captured.prompt_tokens.unwrap_or(0),
-        output_tokens: captured.output_tokens.unwrap_or(0),
+        prompt_tokens: captured.usage.map_or(0, |u| u.prompt_tokens),
+        output_tokens: captured
+            .usage
+            .map_or(captured.data_events, |u| u.completion_tokens),
         text: captured.text,
         cost_usd: 0.0,
     }

@@ -2,7 +2,7 @@
 //! in one write, and wait for the response header; and the pool release once its answer was
 //! read.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora::connectors::TransportConnector;
@@ -50,6 +50,9 @@ impl Default for UpstreamPool {
 pub struct Answer {
     pub http: HttpSession,
     pub peer: HttpPeer,
+    /// When the whole request had been written upstream: the origin of the first-byte, TTFT
+    /// and total deadlines (the client's own upload time is not the backend's).
+    pub sent_at: Instant,
 }
 
 pub enum AttemptError {
@@ -94,12 +97,14 @@ pub async fn attempt(
         };
         let failure = match sent.await {
             Ok(_) => {
+                let sent_at = Instant::now();
                 on_sent();
                 match fast_timeout(backend.timeouts.first_byte, http.read_response()).await {
                     Ok(Ok(_)) => {
                         return Ok(Answer {
                             http: HttpSession::H1(http),
                             peer,
+                            sent_at,
                         })
                     }
                     Ok(Err(e)) => e,

@@ -1,15 +1,20 @@
 //! What the gateway learns from a response body as it relays it: whether a stream ended well,
 //! the usage figures, and — for mirrored requests — the generated text, all bounded.
 
-use super::sse::{SseScanner, MAX_CAPTURE_BYTES};
+use super::sse::{SseScanner, Usage};
 
-/// Reads a response body as it passes. Costs nothing for a plain response nobody compares.
+/// Most of a plain (JSON) answer kept to read its usage; a larger answer is relayed without
+/// its figures (its usage is then estimated).
+pub const MAX_JSON_BYTES: usize = 1024 * 1024;
+
+/// Reads a response body as it passes.
 #[derive(Debug)]
 pub struct ResponseCapture {
     sse: Option<SseScanner>,
-    /// A plain (JSON) body kept for comparison, up to [`MAX_CAPTURE_BYTES`].
-    json: Option<Vec<u8>>,
+    /// A plain (JSON) body, up to [`MAX_JSON_BYTES`].
+    json: Vec<u8>,
     json_overflow: bool,
+    keep_text: bool,
 }
 
 /// What a finished response said.
@@ -17,9 +22,11 @@ pub struct ResponseCapture {
 pub struct Captured {
     /// The generated text, when it was kept and the response had any.
     pub text: Option<String>,
-    pub prompt_tokens: Option<u64>,
-    /// From `usage`, else the count of SSE events that carried text.
-    pub output_tokens: Option<u64>,
+    /// The backend's own figures, when it sent them.
+    pub usage: Option<Usage>,
+    /// SSE events that carried data other than `[DONE]`: a count of output tokens when the
+    /// backend sent no usage (one token per event, as vLLM streams).
+    pub data_events: u64,
     /// An SSE stream that ended without `[DONE]` or carried an error event.
     pub stream_failed: bool,
 }
@@ -35,21 +42,35 @@ impl ResponseCapture {
                     SseScanner::default()
                 }
             }),
-            json: (!is_sse && keep_text).then(Vec::new),
+            json: Vec::new(),
             json_overflow: false,
+            keep_text,
         }
     }
 
-    pub fn feed(&mut self, chunk: &[u8]) {
+    /// Feeds the next bytes; returns how many SSE data events they completed.
+    pub fn feed(&mut self, chunk: &[u8]) -> u64 {
         if let Some(sse) = self.sse.as_mut() {
+            let before = sse.data_events;
             sse.feed(chunk);
-        } else if let Some(json) = self.json.as_mut() {
-            if json.len() + chunk.len() <= MAX_CAPTURE_BYTES {
-                json.extend_from_slice(chunk);
-            } else {
-                self.json_overflow = true;
-            }
+            return sse.data_events - before;
         }
+        if self.json.len() + chunk.len() <= MAX_JSON_BYTES {
+            self.json.extend_from_slice(chunk);
+        } else {
+            self.json_overflow = true;
+        }
+        0
+    }
+
+    /// SSE events seen so far (any kind).
+    pub fn events(&self) -> u64 {
+        self.sse.as_ref().map_or(0, |s| s.events)
+    }
+
+    /// Whether a stream carried a vLLM error event.
+    pub fn saw_error(&self) -> bool {
+        self.sse.as_ref().is_some_and(|s| s.saw_error)
     }
 
     /// Whether this is a stream that has so far not ended properly.
@@ -62,27 +83,24 @@ impl ResponseCapture {
         if let Some(sse) = self.sse {
             return Captured {
                 text: sse.text.filter(|t| !t.is_empty()),
-                prompt_tokens: sse.usage.map(|u| u.prompt_tokens),
-                output_tokens: sse
-                    .usage
-                    .map(|u| u.completion_tokens)
-                    .or((sse.content_events > 0).then_some(sse.content_events)),
+                usage: sse.usage,
+                data_events: sse.data_events,
                 stream_failed,
             };
         }
-        match self.json.filter(|_| !self.json_overflow) {
-            Some(body) => parse_json_answer(&body),
-            None => Captured::default(),
+        if self.json_overflow {
+            return Captured::default();
         }
+        parse_json_answer(&self.json, self.keep_text)
     }
 }
 
-fn parse_json_answer(body: &[u8]) -> Captured {
+fn parse_json_answer(body: &[u8], keep_text: bool) -> Captured {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(default)]
         choices: Vec<Choice>,
-        usage: Option<Usage>,
+        usage: Option<WireUsage>,
     }
     #[derive(serde::Deserialize)]
     struct Choice {
@@ -94,20 +112,36 @@ fn parse_json_answer(body: &[u8]) -> Captured {
         content: Option<String>,
     }
     #[derive(serde::Deserialize)]
-    struct Usage {
+    struct WireUsage {
         prompt_tokens: Option<u64>,
         completion_tokens: Option<u64>,
+        prompt_tokens_details: Option<Details>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Details {
+        cached_tokens: Option<u64>,
     }
     let Ok(answer) = serde_json::from_slice::<Answer>(body) else {
         return Captured::default();
     };
     Captured {
-        text: answer
-            .choices
-            .into_iter()
-            .find_map(|c| c.message.and_then(|m| m.content).or(c.text)),
-        prompt_tokens: answer.usage.as_ref().and_then(|u| u.prompt_tokens),
-        output_tokens: answer.usage.as_ref().and_then(|u| u.completion_tokens),
+        text: if keep_text {
+            answer
+                .choices
+                .into_iter()
+                .find_map(|c| c.message.and_then(|m| m.content).or(c.text))
+        } else {
+            None
+        },
+        usage: answer.usage.map(|u| Usage {
+            prompt_tokens: u.prompt_tokens.unwrap_or(0),
+            completion_tokens: u.completion_tokens.unwrap_or(0),
+            cached_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        }),
+        data_events: 0,
         stream_failed: false,
     }
 }
@@ -124,14 +158,25 @@ mod tests {
         c.feed(&body[20..]);
         let got = c.finish();
         assert_eq!(got.text.as_deref(), Some("four words right here"));
-        assert_eq!((got.prompt_tokens, got.output_tokens), (Some(9), Some(4)));
+        let u = got.usage.unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (9, 4));
         assert!(!got.stream_failed);
     }
 
     #[test]
-    fn plain_responses_nobody_compares_keep_nothing() {
+    fn plain_responses_nobody_compares_keep_only_usage() {
         let mut c = ResponseCapture::new(false, false);
-        c.feed(br#"{"choices":[{"text":"x"}]}"#);
+        c.feed(br#"{"choices":[{"text":"x"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":4}}}"#);
+        let got = c.finish();
+        assert_eq!(got.text, None);
+        assert_eq!(got.usage.map(|u| u.cached_tokens), Some(4));
+    }
+
+    #[test]
+    fn oversized_plain_answers_give_no_figures() {
+        let mut c = ResponseCapture::new(false, false);
+        c.feed(&vec![b' '; MAX_JSON_BYTES]);
+        c.feed(br#"{"usage":{"prompt_tokens":5}}"#);
         assert_eq!(c.finish(), Captured::default());
     }
 
@@ -142,10 +187,7 @@ mod tests {
         assert!(c.stream_failed(), "no [DONE] yet");
         c.feed(b"data: [DONE]\n\n");
         let got = c.finish();
-        assert_eq!(
-            (got.text.as_deref(), got.output_tokens),
-            (Some("a b"), Some(2))
-        );
+        assert_eq!((got.text.as_deref(), got.data_events), (Some("a b"), 2));
         assert!(!got.stream_failed);
     }
 }

@@ -12,4 +12,4 @@ pub mod sse;
 
 pub use attempt::{attempt, release, Answer, AttemptError, UpstreamPool};
 pub use capture::{Captured, ResponseCapture};
-pub use request::{is_hop_header, upstream_request};
+pub use request::{for_backend, is_hop_header, upstream_base, upstream_request};

@@ -35,8 +35,10 @@ pub struct SseScanner {
     pub usage: Option<Usage>,
     /// Generated text, when capturing.
     pub text: Option<String>,
-    /// Events that carried generated text (a token count when the backend sent no usage).
+    /// Events that carried generated text (counted when capturing).
     pub content_events: u64,
+    /// Events with data other than `[DONE]`.
+    pub data_events: u64,
 }
 
 impl SseScanner {
@@ -92,7 +94,12 @@ impl SseScanner {
             let data = data.strip_prefix(b" ").unwrap_or(data);
             if data == b"[DONE]" {
                 self.saw_done = true;
-            } else if self.text.is_some()
+                continue;
+            }
+            if !data.is_empty() {
+                self.data_events += 1;
+            }
+            if self.text.is_some()
                 || memmem::find(data, b"\"error\"").is_some()
                 || memmem::find(data, b"\"usage\"").is_some()
             {

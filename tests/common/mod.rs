@@ -1,6 +1,8 @@
 //! Shared test support: free ports, policy text, a gateway + sims harness, an HTTP client.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

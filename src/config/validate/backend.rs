@@ -10,6 +10,7 @@ use crate::config::raw::RawBackend;
 pub(super) fn validate_backend(
     path: &str,
     b: &RawBackend,
+    tiers: &[String],
     errors: &mut Errors,
 ) -> Option<BackendSpec> {
     if b.name.is_empty() {
@@ -63,9 +64,11 @@ pub(super) fn validate_backend(
     }
     if let Some(p) = &b.price {
         for (field, v) in [
-            ("input_per_mtok", p.input_per_mtok),
-            ("output_per_mtok", p.output_per_mtok),
+            ("input_per_mtok", Some(p.input_per_mtok)),
+            ("output_per_mtok", Some(p.output_per_mtok)),
+            ("cached_input_per_mtok", p.cached_input_per_mtok),
         ] {
+            let Some(v) = v else { continue };
             if !v.is_finite() || v < 0.0 {
                 errors.push(
                     format!("{path}.price.{field}"),
@@ -112,6 +115,20 @@ pub(super) fn validate_backend(
             errors,
         ),
     };
+    // With declared tiers every backend names one; without, the name is a free-form label.
+    let tier_rank = match (&b.tier, tiers.is_empty()) {
+        (_, true) => 0,
+        (Some(t), false) => {
+            super::cost::tier_index(&format!("{path}.tier"), t, tiers, errors).unwrap_or(0)
+        }
+        (None, false) => {
+            errors.push(
+                format!("{path}.tier"),
+                format!("the policy declares tiers {tiers:?}; name the backend's tier"),
+            );
+            0
+        }
+    };
     let (addr, authority) = target?;
     Some(BackendSpec {
         name: b.name.clone(),
@@ -120,9 +137,11 @@ pub(super) fn validate_backend(
         authority,
         upstream_model: b.model.clone(),
         tier: b.tier.clone(),
+        tier_rank,
         price: b.price.as_ref().map(|p| Price {
             input_per_mtok: p.input_per_mtok,
             output_per_mtok: p.output_per_mtok,
+            cached_input_per_mtok: p.cached_input_per_mtok,
         }),
         max_inflight: max_inflight.min(u64::from(u32::MAX)) as u32,
         timeouts,

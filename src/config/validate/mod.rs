@@ -9,6 +9,7 @@ use super::policy::*;
 use super::raw::RawPolicy;
 
 mod backend;
+mod cost;
 mod route;
 mod server;
 mod shadow;
@@ -59,6 +60,8 @@ fn toml_error(e: &toml::de::Error) -> FieldError {
 pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
     let mut errors = Errors::default();
     let server = server::validate_server(raw, &mut errors);
+    let tiers = cost::validate_tiers(raw, &mut errors);
+    let plans = cost::validate_plans(raw.plans.as_ref(), &mut errors);
 
     let mut backend_index = HashMap::new();
     let mut backends = Vec::with_capacity(raw.backends.len());
@@ -70,13 +73,18 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
                 format!("duplicate backend name `{}`", b.name),
             );
         }
-        if let Some(spec) = backend::validate_backend(&path, b, &mut errors) {
+        if let Some(spec) = backend::validate_backend(&path, b, &tiers, &mut errors) {
             backends.push(spec);
         }
     }
 
     if raw.routes.is_empty() {
         errors.push("routes", "at least one route is required");
+    }
+    // First declaration wins, so a duplicate name is reported once, below.
+    let mut route_index: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        route_index.entry(r.name.as_str()).or_insert(i);
     }
     let mut route_names = HashSet::new();
     let mut served_by: HashMap<&str, &str> = HashMap::new();
@@ -107,7 +115,14 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
                 );
             }
         }
-        if let Some(route) = route::validate_route(&path, r, &backend_index, &mut errors) {
+        let tiering = cost::validate_tiering(&path, r, &tiers, &mut errors);
+        let retry = cost::validate_retry(&format!("{path}.retry"), r.retry.as_ref(), &mut errors);
+        let fallback_routes =
+            cost::validate_fallbacks(&path, i, &r.fallback_routes, &route_index, &mut errors);
+        if let Some(mut route) = route::validate_route(&path, r, &backend_index, &mut errors) {
+            route.tiering = tiering;
+            route.retry = retry;
+            route.fallback_routes = fallback_routes;
             routes.push(route);
         }
     }
@@ -115,6 +130,8 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
     if errors.0.is_empty() {
         Ok(Policy {
             server,
+            tiers,
+            plans,
             backends,
             routes,
         })

@@ -130,5 +130,9 @@ pub(super) fn validate_route(
         active_set: r.active.clone(),
         allow_arm_override: r.allow_arm_override.unwrap_or(false),
         shadow,
+        // Filled by the caller, which sees the policy's tiers and every route.
+        tiering: Default::default(),
+        fallback_routes: Vec::new(),
+        retry: Default::default(),
     })
 }

@@ -1,0 +1,285 @@
+//! The COMMITTED relay: the chosen answer goes to the client as it arrives. From the first byte
+//! written here on there is no retry: a failure ends an SSE stream with an OpenAI-shaped error
+//! event (then `[DONE]`), or cuts a plain answer short.
+//!
+//! Every chunk passes through the response capture (SSE scanner: error events, the usage chunk,
+//! event timing), and the request's record is completed here: status, outcome, TTFB, TTFT,
+//! inter-token gaps, usage (the backend's, or an estimate marked as such) and cost.
+
+use std::time::{Duration, Instant};
+
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::time::fast_timeout::fast_timeout;
+use pingora::{Error, ErrorType};
+
+use super::ctx::RequestCtx;
+use super::exchange::{Committed, Exchange};
+use super::Failure;
+use crate::cost::cost_usd;
+use crate::telemetry::{Outcome, Usage};
+use crate::upstream::sse::error_event;
+use crate::upstream::{is_hop_header, release, Captured};
+
+/// Sends `committed` to the client and completes the request's record.
+pub(super) async fn relay(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    x: &Exchange<'_>,
+    committed: Committed,
+) -> Result<(), Failure> {
+    let Committed {
+        answer,
+        candidate,
+        guard,
+        is_sse,
+        buffered,
+        finished,
+        capture,
+        head_at,
+        mut first_byte_at,
+        mut last_event_at,
+    } = committed;
+    let snapshot = x.snapshot;
+    let backend = &snapshot.policy.backends[candidate.backend];
+    let sent_at = answer.sent_at;
+    let (mut http, peer) = (answer.http, answer.peer);
+    ctx.in_flight = Some(guard);
+    let record = &mut ctx.record;
+    record.backend = Some(candidate.backend);
+    record.tier = Some(backend.tier_rank).filter(|_| !snapshot.policy.tiers.is_empty());
+    record.ttfb = Some(head_at.saturating_duration_since(sent_at));
+
+    let status = http.response_header().map_or(502, |h| h.status.as_u16());
+    record.status = status;
+    // A plain answer read whole is settled before its head goes out, so the head can carry its
+    // cost.
+    let (settled, mut capture) = if finished && !is_sse {
+        let cost = settle(ctx, x, candidate.backend, status, capture.finish(), false);
+        (Some(cost), None)
+    } else {
+        (None, Some(capture))
+    };
+    let down =
+        downstream_header(ctx, x, candidate.backend, &http, settled).map_err(Failure::Abort)?;
+    session
+        .write_response_header(Box::new(down), false)
+        .await
+        .map_err(|e| client_gone(ctx, e))?;
+    for chunk in buffered {
+        session
+            .write_response_body(Some(chunk), false)
+            .await
+            .map_err(|e| client_gone(ctx, e))?;
+    }
+
+    let deadline = sent_at + backend.timeouts.total;
+    let mut failure = None;
+    if !finished {
+        failure = loop {
+            let wait = backend
+                .timeouts
+                .idle
+                .min(deadline.saturating_duration_since(Instant::now()));
+            match fast_timeout(wait, http.read_response_body()).await {
+                Ok(Ok(Some(chunk))) => {
+                    let now = Instant::now();
+                    first_byte_at.get_or_insert(now);
+                    let events = capture.as_mut().map_or(0, |c| c.feed(&chunk));
+                    if events > 0 {
+                        if let Some(prev) = last_event_at {
+                            ctx.record.push_gap(now.saturating_duration_since(prev));
+                            for _ in 1..events {
+                                ctx.record.push_gap(Duration::ZERO);
+                            }
+                        }
+                        last_event_at = Some(now);
+                    }
+                    if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                        // The upstream connection is dropped with `http`, not pooled, which
+                        // also stops the backend generating for nobody.
+                        ctx.record.ttft =
+                            first_byte_at.map(|t| t.saturating_duration_since(sent_at));
+                        return Err(client_gone(ctx, e));
+                    }
+                }
+                Ok(Ok(None)) => break None,
+                Ok(Err(e)) => {
+                    break Some((
+                        "upstream_error",
+                        format!(
+                            "the backend connection failed mid-response: {}",
+                            e.etype().as_str()
+                        ),
+                        Outcome::StreamError,
+                    ))
+                }
+                Err(_) if Instant::now() >= deadline => {
+                    break Some((
+                        "upstream_timeout",
+                        "the response exceeded total_timeout_ms".to_owned(),
+                        Outcome::Timeout,
+                    ))
+                }
+                Err(_) => {
+                    break Some((
+                        "upstream_timeout",
+                        "the backend went silent for idle_timeout_ms".to_owned(),
+                        Outcome::Timeout,
+                    ))
+                }
+            }
+        };
+    }
+    ctx.record.ttft = first_byte_at.map(|t| t.saturating_duration_since(sent_at));
+    let broken = failure.is_some();
+    if let Some(capture) = capture {
+        settle(ctx, x, candidate.backend, status, capture.finish(), broken);
+    }
+    match failure {
+        None => {
+            session
+                .write_response_body(None, true)
+                .await
+                .map_err(|e| client_gone(ctx, e))?;
+            release(x.connector, http, &peer).await;
+            Ok(())
+        }
+        Some((code, message, outcome)) => {
+            ctx.record.outcome = if is_sse {
+                outcome
+            } else {
+                Outcome::ServerError
+            };
+            tracing::warn!(backend = %backend.name, code, "{message}");
+            if is_sse {
+                session
+                    .write_response_body(Some(error_event(&message, code)), true)
+                    .await
+                    .map_err(|e| client_gone(ctx, e))?;
+                Ok(())
+            } else {
+                Err(Failure::Abort(Error::explain(
+                    ErrorType::ReadError,
+                    message,
+                )))
+            }
+        }
+    }
+}
+
+/// Completes the record from what the answer said: outcome, usage and cost. Returns the cost.
+fn settle(
+    ctx: &mut RequestCtx,
+    x: &Exchange<'_>,
+    backend: usize,
+    status: u16,
+    captured: Captured,
+    broken: bool,
+) -> f64 {
+    let record = &mut ctx.record;
+    record.outcome = match status {
+        429 => Outcome::RateLimited,
+        500.. => Outcome::ServerError,
+        400..=499 => Outcome::ClientError,
+        _ if captured.stream_failed || broken => Outcome::StreamError,
+        _ => Outcome::Success,
+    };
+    let usage = match captured.usage {
+        Some(u) => Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+            estimated: false,
+        },
+        None => Usage {
+            prompt_tokens: x.facts.prompt_tokens_estimate,
+            completion_tokens: captured.data_events,
+            cached_tokens: 0,
+            estimated: true,
+        },
+    };
+    // A failed request costs what the backend reported, else nothing.
+    let billable = !usage.estimated || record.outcome == Outcome::Success;
+    let cost = if billable {
+        cost_usd(x.snapshot.policy.backends[backend].price.as_ref(), &usage)
+    } else {
+        0.0
+    };
+    record.usage = Some(usage);
+    record.cost_usd = cost;
+    if x.keep_text {
+        ctx.primary_text = captured.text;
+    }
+    cost
+}
+
+/// The head the client gets: the backend's, less hop-by-hop headers, plus what the gateway
+/// tells about the request (route, arm, backend, tier, policy version, and the cost of a plain
+/// answer).
+fn downstream_header(
+    ctx: &RequestCtx,
+    x: &Exchange<'_>,
+    backend: usize,
+    http: &pingora::protocols::http::client::HttpSession,
+    cost: Option<f64>,
+) -> pingora::Result<ResponseHeader> {
+    let upstream = http
+        .response_header()
+        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
+    let mut down = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 7))?;
+    for (name, value) in upstream.headers.iter() {
+        if !is_hop_header(name) {
+            down.append_header(name.clone(), value.clone())?;
+        }
+    }
+    if !upstream.headers.contains_key(header::CONTENT_LENGTH) {
+        down.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    let policy = &x.snapshot.policy;
+    let route = &policy.routes[x.route];
+    let arm = &route.arms.arms()[ctx.record.arm.unwrap_or(0)];
+    down.insert_header("x-switchyard-route", route.name.as_str())?;
+    down.insert_header("x-switchyard-arm", arm.name.as_str())?;
+    down.insert_header(
+        "x-switchyard-backend",
+        policy.backends[backend].name.as_str(),
+    )?;
+    if let Some(tier) = &policy.backends[backend].tier {
+        down.insert_header("x-switchyard-tier", tier.as_str())?;
+    }
+    down.insert_header(
+        "x-switchyard-policy-version",
+        x.snapshot.version.to_string(),
+    )?;
+    if let Some(cost) = cost {
+        down.insert_header("x-switchyard-cost-usd", format_usd(cost))?;
+    }
+    Ok(down)
+}
+
+/// USD with enough decimals for a single small request (nano-dollars), trailing zeros trimmed.
+pub(super) fn format_usd(cost: f64) -> String {
+    let text = format!("{cost:.9}");
+    let text = text.trim_end_matches('0');
+    text.strip_suffix('.').unwrap_or(text).to_owned()
+}
+
+/// The client went away (or its connection broke): the request ends here.
+fn client_gone(ctx: &mut RequestCtx, e: Box<Error>) -> Failure {
+    ctx.record.outcome = Outcome::ClientAbort;
+    Failure::Abort(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_usd;
+
+    #[test]
+    fn usd_is_exact_to_the_nano_dollar() {
+        assert_eq!(format_usd(0.000_123_4), "0.0001234");
+        assert_eq!(format_usd(2.0), "2");
+        assert_eq!(format_usd(0.0), "0");
+    }
+}
