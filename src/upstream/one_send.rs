@@ -235,3 +235,184 @@ impl Peek for OneSendStream {
         self.inner.try_peek(buf).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use parking_lot::Mutex;
+    use pingora::http::RequestHeader;
+    use pingora::protocols::http::v1::client::HttpSession;
+
+    /// What reached the "socket": one entry per write call that moved bytes, and the flushes.
+    #[derive(Default)]
+    struct Wire {
+        writes: Vec<Vec<u8>>,
+        flushes: usize,
+    }
+
+    /// A connection that records every write call, accepting at most `limit` bytes per call (as
+    /// a full socket buffer does).
+    #[derive(Debug)]
+    struct Recorder {
+        wire: Arc<Mutex<Wire>>,
+        limit: usize,
+    }
+
+    impl fmt::Debug for Wire {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{} writes", self.writes.len())
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.limit);
+            self.wire.lock().writes.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut taken = Vec::new();
+            for b in bufs {
+                let room = self.limit - taken.len();
+                taken.extend_from_slice(&b[..b.len().min(room)]);
+            }
+            let n = taken.len();
+            self.wire.lock().writes.push(taken);
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.wire.lock().flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            buf.put_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[async_trait]
+    impl Shutdown for Recorder {
+        async fn shutdown(&mut self) {}
+    }
+    impl UniqueID for Recorder {
+        fn id(&self) -> UniqueIDType {
+            7
+        }
+    }
+    impl Ssl for Recorder {}
+    impl GetTimingDigest for Recorder {
+        fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+            Vec::new()
+        }
+    }
+    impl GetProxyDigest for Recorder {
+        fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+            None
+        }
+    }
+    impl GetSocketDigest for Recorder {
+        fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+            None
+        }
+    }
+    impl Peek for Recorder {}
+
+    /// Sends one request through pingora's HTTP/1 client over a [`OneSendStream`], as an
+    /// attempt does, and returns what reached the wire and the request's bytes in order.
+    async fn send(body: &[u8], limit: usize) -> (Wire, Vec<u8>) {
+        let wire = Arc::new(Mutex::new(Wire::default()));
+        let recorder = Recorder {
+            wire: wire.clone(),
+            limit,
+        };
+        let stream: Stream = Box::new(OneSendStream::new(Box::new(recorder)));
+        let mut http = HttpSession::new(stream);
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        req.insert_header("host", "backend").unwrap();
+        req.insert_header("content-length", body.len().to_string())
+            .unwrap();
+        let head = pingora::protocols::http::v1::client::http_req_header_to_wire(&req).unwrap();
+        http.write_request_header(Box::new(req)).await.unwrap();
+        if !body.is_empty() {
+            http.write_body(&Bytes::copy_from_slice(body))
+                .await
+                .unwrap();
+        }
+        http.finish_body().await.unwrap();
+        http.read_response().await.unwrap();
+        assert_eq!(http.get_status().map(|s| s.as_u16()), Some(200));
+        let received = http
+            .stream()
+            .as_any()
+            .downcast_ref::<OneSendStream>()
+            .map(OneSendStream::received);
+        assert!(
+            received.is_some_and(|n| n > 0),
+            "response bytes are counted"
+        );
+        let mut expected = head.to_vec();
+        expected.extend_from_slice(body);
+        drop(http);
+        let wire = Arc::try_unwrap(wire).unwrap().into_inner();
+        (wire, expected)
+    }
+
+    #[tokio::test]
+    async fn a_small_request_leaves_in_one_write() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let (wire, expected) = send(body, usize::MAX).await;
+        assert_eq!(wire.writes.len(), 1, "head and body in one write: {wire:?}");
+        assert_eq!(wire.writes[0], expected, "the bytes, in order");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_body_leaves_at_the_flush() {
+        let (wire, expected) = send(b"", usize::MAX).await;
+        assert_eq!(wire.writes.len(), 1, "{wire:?}");
+        assert_eq!(wire.writes[0], expected);
+        assert!(wire.flushes >= 1, "the head went out when flushed");
+    }
+
+    #[tokio::test]
+    async fn a_large_body_starts_with_the_head_and_continues_in_order() {
+        let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        // A socket that takes 100 bytes at a time: the head itself needs several writes, which
+        // must resume where they stopped.
+        let (wire, expected) = send(&body, 100).await;
+        assert!(wire.writes.len() > 1);
+        assert_eq!(wire.writes.concat(), expected, "every byte once, in order");
+        let (wire, expected) = send(&body, 256 * 1024).await;
+        assert_eq!(wire.writes.concat(), expected);
+        assert_eq!(
+            wire.writes.len(),
+            expected.len().div_ceil(256 * 1024),
+            "as few writes as the socket allows: the first carries the head and body"
+        );
+    }
+}
