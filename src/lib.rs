@@ -13,6 +13,7 @@ pub mod cost;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod redis;
 pub mod routing;
 pub mod server;
 pub mod shadow;

@@ -48,7 +48,7 @@ impl AdminApp {
             (Method::GET, "/metrics") => Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "text/plain; version=0.0.4")
-                .body(self.store.metrics().render().into_bytes())
+                .body(self.metrics_text().into_bytes())
                 .unwrap_or_default(),
             (Method::GET, "/admin/config") => self.get_config(&query),
             (Method::GET, "/admin/config/history") => {
@@ -93,6 +93,13 @@ impl AdminApp {
                 "unknown_url",
             ),
         }
+    }
+
+    /// Everything `/metrics` shows: the request series, then the shared Redis client's.
+    fn metrics_text(&self) -> String {
+        let mut out = self.store.metrics().render();
+        self.store.redis().render(&mut out);
+        out
     }
 
     /// Per route: the running shadow configuration (if any) and everything mirrored so far

@@ -21,6 +21,10 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_TOTAL_TIMEOUT_MS: u64 = 600_000;
+/// Redis sits beside the request path: a slow answer must cost a request little.
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT_MS: u64 = 100;
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "switchyard";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -31,6 +35,8 @@ pub struct Policy {
     pub plans: HashMap<ApiKeyHash, String>,
     pub backends: Vec<BackendSpec>,
     pub routes: Vec<RouteSpec>,
+    /// `[redis]`: absent means every shared counter and cache stays local to this process.
+    pub redis: Option<crate::redis::RedisSettings>,
 }
 
 impl Policy {

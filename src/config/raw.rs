@@ -20,6 +20,19 @@ pub struct RawPolicy {
     pub backends: Vec<RawBackend>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Shared state across replicas (budget counters, response cache, fleet policy).
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    /// Longest wait for one command before the caller falls back to local state.
+    pub command_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    /// Prefix of every key written (default `switchyard`), so deployments can share a Redis.
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

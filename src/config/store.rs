@@ -15,6 +15,7 @@ use super::snapshot::{content_hash, PolicySnapshot};
 use super::validate::{check_swap, parse_policy, FieldError};
 use crate::backends::LoadRegistry;
 use crate::metrics::Metrics;
+use crate::redis::SharedRedis;
 
 /// Where a policy version came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,8 @@ pub struct PolicyStore {
     inner: Mutex<Inner>,
     loads: LoadRegistry,
     metrics: Arc<Metrics>,
+    /// Follows the running policy's `[redis]` (reconnects when a swap changes it).
+    redis: Arc<SharedRedis>,
 }
 
 impl PolicyStore {
@@ -90,6 +93,8 @@ impl PolicyStore {
             &metrics,
         ));
         metrics.policy_version.store(1, Ordering::Relaxed);
+        let redis = Arc::new(SharedRedis::new());
+        redis.configure(snapshot.policy.redis.as_ref());
         let entry = HistoryEntry {
             version: 1,
             activated_at: SystemTime::now(),
@@ -105,6 +110,7 @@ impl PolicyStore {
             }),
             loads,
             metrics,
+            redis,
         })
     }
 
@@ -115,6 +121,12 @@ impl PolicyStore {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The process's one Redis client (budgets, response cache, fleet), configured from the
+    /// running policy.
+    pub fn redis(&self) -> &Arc<SharedRedis> {
+        &self.redis
     }
 
     /// Validates `text` and, when valid, swaps it in as a new version in one atomic store.
@@ -169,6 +181,7 @@ impl PolicyStore {
             inner.history.pop_front();
         }
         self.current.store(snapshot.clone());
+        self.redis.configure(snapshot.policy.redis.as_ref());
         self.metrics
             .policy_version
             .store(version, Ordering::Relaxed);

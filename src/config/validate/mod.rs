@@ -10,6 +10,7 @@ use super::raw::RawPolicy;
 
 mod backend;
 mod cost;
+mod redis;
 mod route;
 mod server;
 mod shadow;
@@ -127,6 +128,11 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
         }
     }
 
+    let redis = raw
+        .redis
+        .as_ref()
+        .and_then(|r| redis::validate_redis(r, &mut errors));
+
     if errors.0.is_empty() {
         Ok(Policy {
             server,
@@ -134,6 +140,7 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
             plans,
             backends,
             routes,
+            redis,
         })
     } else {
         Err(errors.0)
