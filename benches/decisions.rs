@@ -1,9 +1,12 @@
 //! The per-request decisions and the policy swap, without sockets: what the
 //! gateway spends on a request before any byte goes upstream.
 //!
-//! - `facts/*`: body → `RequestFacts` (small chat body, 64 KiB prompt);
+//! - `facts/*`: body → `RequestFacts` (small chat body, 64 KiB prompt), each also with the
+//!   prompt's prefix blocks hashed (`*_prefix_hashed`, what `balance = "prefix"` adds);
 //! - `decide/*`: route match + arm choice + backend order on the demo policy
 //!   (sticky by header, and a random draw);
+//! - `tier/*`: the tier decision on `routes/cost.example.toml` (three tier rules, an API-key
+//!   plan): the starting tier alone, and route + arm + tier + candidate order with it;
 //! - `policy/*`: TOML → validated `Policy`, and a full validate + swap
 //!   through `PolicyStore::apply`.
 //!
@@ -16,9 +19,11 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use http::HeaderMap;
 use switchyard::config::{parse_policy, PolicySource, PolicyStore};
 use switchyard::metrics::Metrics;
-use switchyard::routing::{decide, Draws, Endpoint, RequestFacts, BUCKETS};
+use switchyard::routing::tier::start_tier;
+use switchyard::routing::{decide, Draws, Endpoint, PrefixBalance, RequestFacts, BUCKETS};
 
 const DEMO: &str = include_str!("../routes/demo.toml");
+const COST: &str = include_str!("../routes/cost.example.toml");
 
 fn chat_body(prompt_bytes: usize) -> Vec<u8> {
     let prompt = "lorem ipsum ".repeat(prompt_bytes / 12 + 1);
@@ -45,6 +50,18 @@ fn facts(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| RequestFacts::parse(Endpoint::ChatCompletions, std::hint::black_box(&body)))
         });
+        // The same parse with the prompt's prefix blocks hashed (routes with balance = "prefix",
+        // default shape: 16-token blocks, at most 512 of them).
+        let shape = PrefixBalance::default().shape;
+        g.bench_function(format!("{name}_prefix_hashed"), |b| {
+            b.iter(|| {
+                RequestFacts::parse_with_prefix(
+                    Endpoint::ChatCompletions,
+                    std::hint::black_box(&body),
+                    |_| Some(shape),
+                )
+            })
+        });
     }
     g.finish();
 }
@@ -56,12 +73,14 @@ fn decisions(c: &mut Criterion) {
     let mut sticky = HeaderMap::new();
     sticky.insert("x-user-id", "user-1234".parse().expect("header value"));
     let anonymous = HeaderMap::new();
+    let now = std::time::Instant::now();
     let draws = |d: u32| Draws {
         arm_bucket: d,
         shadow_bucket: d,
         rotation: d as usize,
+        explore: d,
+        pick: d as usize,
     };
-    let now = std::time::Instant::now();
     let mut g = c.benchmark_group("decide");
     let mut draw = 0u32;
     g.bench_function("sticky_header", |b| {
@@ -76,6 +95,52 @@ fn decisions(c: &mut Criterion) {
         b.iter(|| {
             draw = (draw + 7919) % BUCKETS;
             decide(&snapshot, &facts, &anonymous, draws(draw), |b| {
+                snapshot.backend_view(b, now, &facts)
+            })
+        })
+    });
+    g.finish();
+}
+
+fn tier(c: &mut Criterion) {
+    let store =
+        PolicyStore::new(COST, Arc::new(Metrics::default())).expect("cost example is valid");
+    let snapshot = store.current();
+    let body = String::from_utf8(chat_body(32))
+        .expect("utf-8")
+        .replace("llama-70b", "llama");
+    let facts = RequestFacts::parse(Endpoint::ChatCompletions, body.as_bytes()).expect("parses");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        "Bearer sk-bench-key".parse().expect("header value"),
+    );
+    let route = &snapshot.policy.routes[0];
+    let now = std::time::Instant::now();
+    let mut g = c.benchmark_group("tier");
+    g.bench_function("start_tier", |b| {
+        b.iter(|| {
+            start_tier(
+                &route.tiering,
+                &snapshot.policy.tiers,
+                std::hint::black_box(&facts),
+                &headers,
+                None,
+            )
+        })
+    });
+    let mut draw = 0u32;
+    g.bench_function("decide_with_tiers", |b| {
+        b.iter(|| {
+            draw = (draw + 7919) % BUCKETS;
+            let draws = Draws {
+                arm_bucket: draw,
+                shadow_bucket: draw,
+                rotation: draw as usize,
+                explore: draw,
+                pick: draw as usize,
+            };
+            decide(&snapshot, &facts, &headers, draws, |b| {
                 snapshot.backend_view(b, now, &facts)
             })
         })
@@ -117,5 +182,5 @@ fn policy(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, facts, decisions, policy);
+criterion_group!(benches, facts, decisions, tier, policy);
 criterion_main!(benches);

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod backends;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod cost;

@@ -87,9 +87,31 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// The response cache: `show` (entries, bytes, hit ratio per route, Redis state) or
+    /// `clear` (every in-process entry, or one route's with --route).
+    Cache {
+        #[command(subcommand)]
+        verb: CacheVerb,
+    },
     /// Run a simulated OpenAI-compatible model server (latency model, prefix KV cache, fault
     /// injection) for demos, tests and benches.
     Sim(switchyard::sim::SimArgs),
+}
+
+#[derive(Subcommand)]
+enum CacheVerb {
+    /// Entries, bytes, hits/misses/bypasses and hit ratio per route, L2 (Redis) state.
+    Show {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Drop the in-process entries (all, or one route's); Redis entries expire by their TTL.
+    Clear {
+        #[arg(long)]
+        route: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
 }
 
 fn main() -> ExitCode {
@@ -135,6 +157,21 @@ fn main() -> ExitCode {
         }
         Command::History { target } => admin(&target, "GET", "/admin/config/history", None, false),
         Command::Shadow { target } => admin(&target, "GET", "/admin/shadow", None, false),
+        Command::Cache {
+            verb: CacheVerb::Show { target },
+        } => admin(&target, "GET", "/admin/cache", None, false),
+        Command::Cache {
+            verb: CacheVerb::Clear { route, target },
+        } => {
+            let path = match route {
+                Some(r) => format!(
+                    "/admin/cache?route={}",
+                    url::form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
+                ),
+                None => "/admin/cache".to_owned(),
+            };
+            admin(&target, "DELETE", &path, None, true)
+        }
         Command::Sim(args) => match switchyard::sim::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("sim: {e}")),

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use crate::shadow::ShadowStats;
 use crate::telemetry::attempts::AttemptRegistry;
+use crate::telemetry::prefix::PrefixStats;
 use crate::telemetry::prom;
 use crate::telemetry::usage::UsageRegistry;
 pub use crate::telemetry::Outcome;
@@ -47,7 +48,7 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    pub(crate) fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = [0; BOUNDS.len()];
         let mut running = 0;
         for (c, bucket) in cumulative.iter_mut().zip(&self.buckets) {
@@ -123,6 +124,7 @@ impl ArmStats {
 pub struct Metrics {
     arms: Mutex<BTreeMap<(String, String), Arc<ArmStats>>>,
     shadows: Mutex<BTreeMap<String, Arc<ShadowStats>>>,
+    prefixes: Mutex<BTreeMap<String, Arc<PrefixStats>>>,
     /// Requests answered by the gateway itself with an error, by error code.
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     pub policy_version: AtomicU64,
@@ -147,6 +149,15 @@ impl Metrics {
     /// The shadow series of `route`, created on first use.
     pub fn shadow(&self, route: &str) -> Arc<ShadowStats> {
         self.shadows
+            .lock()
+            .entry(route.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The prefix-affinity series of `route`, created on first use.
+    pub fn prefix(&self, route: &str) -> Arc<PrefixStats> {
+        self.prefixes
             .lock()
             .entry(route.to_owned())
             .or_default()
@@ -239,6 +250,13 @@ impl Metrics {
             }
         }
         ShadowStats::render_all(&mut out, &self.shadows());
+        let prefixes: Vec<_> = self
+            .prefixes
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        PrefixStats::render_all(&mut out, &prefixes);
         self.usage.render(&mut out);
         self.attempts.render(&mut out);
         let _ = writeln!(

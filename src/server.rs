@@ -14,6 +14,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
+use crate::backends::BackendScraper;
 use crate::config::watch::PolicyFileWatcher;
 use crate::config::{FieldError, PolicyStore};
 use crate::metrics::Metrics;
@@ -53,6 +54,13 @@ pub fn build(
 
     server.add_service(proxy);
     server.add_service(admin);
+    // Always running: it idles while the policy turns scraping off, and a swap may turn it on.
+    server.add_service(background_service(
+        "backend scraper",
+        BackendScraper {
+            store: store.clone(),
+        },
+    ));
     if let Some(path) = policy_file {
         server.add_service(background_service(
             "policy file watcher",

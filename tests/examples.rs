@@ -19,3 +19,20 @@ fn shipped_policies_validate() {
         "expected the demo and the examples, found {checked}"
     );
 }
+
+/// `routes/prefix.example.toml` says it spells out every knob at its default: keep it true.
+#[test]
+fn the_prefix_example_shows_the_defaults() {
+    let text = include_str!("../routes/prefix.example.toml");
+    let policy = switchyard::config::parse_policy(text).expect("valid");
+    assert_eq!(
+        policy.routes[0].balance,
+        switchyard::routing::Balance::Prefix(switchyard::routing::PrefixBalance::default())
+    );
+    assert_eq!(
+        policy.server.scrape_interval,
+        Some(std::time::Duration::from_millis(
+            switchyard::config::policy::DEFAULT_SCRAPE_INTERVAL_MS
+        ))
+    );
+}

@@ -837,3 +837,85 @@ fn cli_serves_until_killed() {
     assert_eq!(reply.header("x-sim-name"), "cli");
     assert_eq!(reply.json()["data"][0]["id"], "m1");
 }
+
+#[tokio::test]
+async fn the_prefix_cache_evicts_under_pressure() {
+    let sim = start(SimArgs {
+        kv_cache_blocks: 8,
+        ..SimArgs::default()
+    })
+    .await;
+    let cached =
+        |reply: Reply| reply.json()["usage"]["prompt_tokens_details"]["cached_tokens"].clone();
+    let (a, b) = ("abcd".repeat(100), "wxyz".repeat(100));
+    post(&sim, "/v1/chat/completions", &chat(&a, 1)).await;
+    assert_eq!(
+        cached(post(&sim, "/v1/chat/completions", &chat(&a, 1)).await),
+        96
+    );
+    // B's six blocks push four of A's out of an eight-block cache.
+    post(&sim, "/v1/chat/completions", &chat(&b, 1)).await;
+    assert_eq!(
+        cached(post(&sim, "/v1/chat/completions", &chat(&a, 1)).await),
+        32,
+        "only A's two most recently used leading blocks survived"
+    );
+    let text = String::from_utf8(get(&sim, "/metrics").await.body.to_vec()).unwrap();
+    assert_eq!(metric(&text, "vllm:kv_cache_usage_perc"), 1.0);
+}
+
+#[tokio::test]
+async fn tokenization_endpoints_speak_vllms_shapes() {
+    let sim = start(SimArgs::default()).await;
+    let tokenized = post(
+        &sim,
+        "/tokenize",
+        &json!({"model": "sim-model", "prompt": "hello, world"}),
+    )
+    .await
+    .json();
+    assert_eq!(tokenized["count"], 3);
+    let tokens = tokenized["tokens"].clone();
+    assert_eq!(tokens.as_array().unwrap().len(), 3);
+    assert!(tokenized["max_model_len"].as_u64().unwrap() > 0);
+    let back = post(
+        &sim,
+        "/detokenize",
+        &json!({"model": "sim-model", "tokens": tokens}),
+    )
+    .await
+    .json();
+    assert_eq!(back["prompt"], "hello, world");
+
+    let messages =
+        json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]);
+    let chat_tokens = post(
+        &sim,
+        "/tokenize",
+        &json!({"model": "sim-model", "messages": messages}),
+    )
+    .await
+    .json();
+    let rendered = post(
+        &sim,
+        "/v1/chat/completions/render",
+        &json!({"model": "sim-model", "messages": messages}),
+    )
+    .await
+    .json();
+    assert_eq!(rendered["prompt"], "system\nbe brief\nuser\nhi\n");
+    assert_eq!(rendered["token_ids"], chat_tokens["tokens"]);
+    // The rendered ids are the prompt's tokens: sent as a completion prompt they count the same.
+    let usage = post(
+        &sim,
+        "/v1/completions",
+        &json!({"model": "sim-model", "prompt": rendered["token_ids"], "max_tokens": 1}),
+    )
+    .await
+    .json();
+    assert_eq!(usage["usage"]["prompt_tokens"], chat_tokens["count"]);
+
+    let unknown = post(&sim, "/tokenize", &json!({"model": "nope", "prompt": "x"})).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json()["error"]["code"], "model_not_found");
+}

@@ -50,6 +50,11 @@ pub struct SimTiming {
 
 impl Sim {
     pub fn start(env: &Env, name: &str, timing: SimTiming) -> Result<Self> {
+        Self::start_with(env, name, timing, &[])
+    }
+
+    /// A sim with further `switchyard sim` flags (prefill cost, KV cache size).
+    pub fn start_with(env: &Env, name: &str, timing: SimTiming, extra: &[String]) -> Result<Self> {
         let addr = local(free_port());
         let log = env.file(&format!("sim-{name}.log"));
         let args: Vec<String> = [
@@ -67,6 +72,7 @@ impl Sim {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
         .collect();
         let mut proc = Proc::spawn(
             &format!("sim {name}"),
@@ -346,8 +352,20 @@ impl Switchyard {
     }
 
     pub fn start(env: &Env, name: &str, policy: &Policy) -> Result<Self> {
+        Self::start_text(env, name, policy.listen, policy.admin, &policy.render())
+    }
+
+    /// Starts switchyard with a policy written out in full (its listeners must be `listen` and
+    /// `admin`).
+    pub fn start_text(
+        env: &Env,
+        name: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        text: &str,
+    ) -> Result<Self> {
         let path = env.file(&format!("policy-{name}.toml"));
-        write(&path, &policy.render())?;
+        write(&path, text)?;
         let log = env.file(&format!("switchyard-{name}.log"));
         let args = vec![
             "serve".to_owned(),
@@ -362,11 +380,11 @@ impl Switchyard {
             env.pin.proxy_cpu,
             &log,
         )?;
-        proc.wait_listening(policy.listen, Duration::from_secs(15), &log)?;
-        proc.wait_listening(policy.admin, Duration::from_secs(5), &log)?;
+        proc.wait_listening(listen, Duration::from_secs(15), &log)?;
+        proc.wait_listening(admin, Duration::from_secs(5), &log)?;
         Ok(Self {
-            addr: policy.listen,
-            admin: policy.admin,
+            addr: listen,
+            admin,
             proc,
         })
     }

@@ -6,6 +6,7 @@
 //! refused outright rather than left open.
 
 mod auth;
+mod backends;
 
 use std::sync::Arc;
 
@@ -62,6 +63,20 @@ impl AdminApp {
                 json_response(StatusCode::OK, &json!({"versions": entries}))
             }
             (Method::GET, "/admin/shadow") => self.shadow_report(),
+            (Method::GET, "/admin/cache") => {
+                json_response(StatusCode::OK, &self.store.cache().report())
+            }
+            (Method::DELETE, "/admin/cache") => {
+                if let Err(denied) = auth::check(session, &self.store) {
+                    return *denied;
+                }
+                // Only L1 is cleared: Redis entries are shared with other replicas and expire
+                // by their TTL.
+                let route = query_param(&query, "route").map(percent_decode);
+                let removed = self.store.cache().clear(route.as_deref());
+                json_response(StatusCode::OK, &json!({"removed": removed, "route": route}))
+            }
+            (Method::GET, "/admin/backends") => backends::report(&self.store.current()),
             (Method::PUT, "/admin/config") => {
                 if let Err(denied) = auth::check(session, &self.store) {
                     return *denied;
@@ -81,7 +96,9 @@ impl AdminApp {
                 | "/metrics"
                 | "/admin/config"
                 | "/admin/config/history"
-                | "/admin/rollback",
+                | "/admin/backends"
+                | "/admin/rollback"
+                | "/admin/cache",
             ) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &format!("Method {method} is not allowed on {path}."),
@@ -99,6 +116,7 @@ impl AdminApp {
     fn metrics_text(&self) -> String {
         let mut out = self.store.metrics().render();
         self.store.redis().render(&mut out);
+        self.store.cache().render(&mut out);
         out
     }
 
@@ -310,7 +328,7 @@ fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

@@ -1,5 +1,5 @@
-//! What the gateway knows of each backend's load: requests in flight and any cooldown a 429 asked
-//! for, kept per backend identity across policy versions.
+//! What the gateway knows of each backend's load: requests in flight, any cooldown a 429 asked
+//! for, and its last `/metrics` scrape, kept per backend identity across policy versions.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,13 +7,22 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
-/// Requests in flight to one backend. Shared by every snapshot that names the same backend
-/// (same name and address), so load-aware choice sees requests begun under older versions.
+use super::prefix_index::{backend_id, BackendId};
+use super::scrape::ScrapeRecord;
+use crate::routing::ScrapeView;
+
+/// Requests in flight to one backend, and its last scrape. Shared by every snapshot that names
+/// the same backend (same name and address), so load-aware choice sees requests begun under
+/// older versions.
 #[derive(Debug, Default)]
 pub struct BackendLoad {
     in_flight: AtomicU32,
+    id: BackendId,
+    /// Written by the scraper, read by requests: one atomic pointer, no lock.
+    scrape: ArcSwapOption<ScrapeRecord>,
     /// Milliseconds since [`epoch`] until which the backend asked not to be sent requests.
     cool_until_ms: AtomicU64,
 }
@@ -31,6 +40,29 @@ fn millis_since_epoch(t: Instant) -> u64 {
 impl BackendLoad {
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The backend's identity in the prefix index.
+    pub fn id(&self) -> BackendId {
+        self.id
+    }
+
+    /// Stores the result of a scrape (the scraper's side).
+    pub fn set_scrape(&self, record: ScrapeRecord) {
+        self.scrape.store(Some(Arc::new(record)));
+    }
+
+    /// The last scrape, if any (for display).
+    pub fn last_scrape(&self) -> Option<Arc<ScrapeRecord>> {
+        self.scrape.load_full()
+    }
+
+    /// What a decision at `now` may believe of the backend's scraped load.
+    pub fn scrape_view(&self, now: Instant, stale_after: Duration) -> ScrapeView {
+        match &*self.scrape.load() {
+            Some(record) => record.view(now, stale_after),
+            None => ScrapeView::Unknown,
+        }
     }
 
     /// Keeps the backend out of candidate lists until `now + wait` (a 429's `Retry-After`).
@@ -76,7 +108,10 @@ impl LoadRegistry {
         match slot.upgrade() {
             Some(load) => load,
             None => {
-                let load = Arc::new(BackendLoad::default());
+                let load = Arc::new(BackendLoad {
+                    id: backend_id(name, addr),
+                    ..BackendLoad::default()
+                });
                 *slot = Arc::downgrade(&load);
                 load
             }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::routing::fallback::RetryPolicy;
 use crate::routing::tier::TierPlan;
-use crate::routing::{ApiKeyHash, ArmTable, StickyKey};
+use crate::routing::{ApiKeyHash, ArmTable, Balance, StickyKey};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -35,6 +35,7 @@ pub struct Policy {
     pub plans: HashMap<ApiKeyHash, String>,
     pub backends: Vec<BackendSpec>,
     pub routes: Vec<RouteSpec>,
+    pub cache: CacheSettings,
     /// `[redis]`: absent means every shared counter and cache stays local to this process.
     pub redis: Option<crate::redis::RedisSettings>,
 }
@@ -61,7 +62,14 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub threads: usize,
     pub history_limit: usize,
+    /// How often backends' `/metrics` are scraped; `None` when scraping is off.
+    pub scrape_interval: Option<Duration>,
+    /// Whether answers carry debugging headers (`x-switchyard-prefix-match`).
+    pub debug_headers: bool,
 }
+
+/// Backends' `/metrics` are scraped this often unless `scrape_interval_ms` says otherwise.
+pub const DEFAULT_SCRAPE_INTERVAL_MS: u64 = 100;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendSpec {
@@ -114,6 +122,10 @@ pub struct RouteSpec {
     pub active_set: Option<String>,
     pub allow_arm_override: bool,
     pub shadow: Option<ShadowSpec>,
+    /// `None` when the route caches nothing: its requests are not even parsed for a key.
+    pub cache: Option<RouteCacheSpec>,
+    /// How the chosen arm's backends are ordered.
+    pub balance: Balance,
     /// Which tier a request starts from, and how far candidates may move.
     pub tiering: TierPlan,
     /// Indexes of routes tried after this one's own candidates.
@@ -153,3 +165,61 @@ pub struct SampleSpec {
 
 pub const DEFAULT_SAMPLE_PERCENT: f64 = 10.0;
 pub const DEFAULT_SAMPLE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_SINGLE_FLIGHT_WAIT_MS: u64 = 30_000;
+pub const DEFAULT_CACHE_TTL_S: u64 = 300;
+pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
+
+/// `[cache]`: the process-wide response cache. `max_bytes` sizes the in-process cache when the
+/// gateway starts; a swap that changes it is refused (restart to apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub max_bytes: u64,
+    /// How long a request waits for an identical one already upstream before going itself.
+    pub single_flight_wait: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            single_flight_wait: Duration::from_millis(DEFAULT_SINGLE_FLIGHT_WAIT_MS),
+        }
+    }
+}
+
+/// Which of a cached route's requests may be answered from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheRequests {
+    /// Requests whose answer does not depend on chance: temperature 0 or a fixed seed, and
+    /// every embeddings request.
+    Deterministic,
+    /// Every request: the route accepts replaying one sampled answer to everyone.
+    All,
+}
+
+/// Who may be answered with an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    /// Every client of the route shares entries.
+    Global,
+    /// Entries are keyed on the client's hashed credential: tenants never see each other's
+    /// answers, and a request without a credential is not cached.
+    ApiKey,
+}
+
+/// `[routes.cache]` of a route whose cache is enabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCacheSpec {
+    pub ttl: Duration,
+    /// Longest TTL a client may ask for with `x-switchyard-cache-ttl` (at least `ttl`).
+    pub max_ttl: Duration,
+    pub max_entry_bytes: usize,
+    pub requests: CacheRequests,
+    pub scope: CacheScope,
+    /// Top-level body members left out of the key (never one the key needs: see
+    /// `cache::key::KEY_FIELDS`).
+    pub ignore_fields: Vec<String>,
+    pub charge_hits: bool,
+}

@@ -22,6 +22,41 @@ pub struct RawPolicy {
     pub routes: Vec<RawRoute>,
     /// Shared state across replicas (budget counters, response cache, fleet policy).
     pub redis: Option<RawRedis>,
+    /// `[cache]`: settings of the response cache shared by every route.
+    pub cache: Option<RawCache>,
+}
+
+/// `[cache]`: the process-wide response cache.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Bytes the in-process cache may hold, all routes together.
+    pub max_bytes: Option<u64>,
+    /// How long a request waits for an identical one already on its way upstream.
+    pub single_flight_wait_ms: Option<u64>,
+}
+
+/// `[routes.cache]`: whether and how a route's answers are cached.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// Off switch that keeps the section (default on when the section is present).
+    pub enabled: Option<bool>,
+    /// Lifetime of an entry, in seconds.
+    pub ttl_s: Option<u64>,
+    /// Longest lifetime a client may ask for with `x-switchyard-cache-ttl`.
+    pub max_ttl_s: Option<u64>,
+    /// Largest answer stored; bigger ones are relayed but not kept.
+    pub max_entry_bytes: Option<u64>,
+    /// `deterministic` (temperature 0 or a seed; every embeddings request) or `all`.
+    pub requests: Option<String>,
+    /// `global` or `api-key` (entries of one hashed credential serve only that credential).
+    pub scope: Option<String>,
+    /// Top-level body fields left out of the key (for fields that never change the answer).
+    #[serde(default)]
+    pub ignore_fields: Vec<String>,
+    /// Whether a hit is billed like the upstream answer it replays (default: free).
+    pub charge_hits: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +81,10 @@ pub struct RawServer {
     pub threads: Option<u64>,
     /// How many accepted policy versions the history keeps for rollback.
     pub history_limit: Option<u64>,
+    /// How often each backend's `/metrics` is scraped for its load (0 turns scraping off).
+    pub scrape_interval_ms: Option<u64>,
+    /// Debugging answer headers (`x-switchyard-prefix-match`). Off by default.
+    pub debug_headers: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +138,12 @@ pub struct RawRoute {
     #[serde(default)]
     pub arms: Vec<RawArm>,
     pub shadow: Option<RawShadow>,
+    pub cache: Option<RawRouteCache>,
+    /// How the chosen arm's backends are ordered: `least_inflight` (default), `round_robin`,
+    /// `prefix`.
+    pub balance: Option<String>,
+    /// The knobs of `balance = "prefix"`.
+    pub prefix: Option<RawPrefix>,
     /// Tier a request matching no tier rule starts from (default: the cheapest).
     pub default_tier: Option<String>,
     /// Honour the client's `x-switchyard-tier` header.
@@ -112,6 +157,25 @@ pub struct RawRoute {
     #[serde(default)]
     pub fallback_routes: Vec<String>,
     pub retry: Option<RawRetry>,
+}
+
+/// `[routes.prefix]`: prefix-cache affinity knobs; every field has a documented default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrefix {
+    /// Tokens (of 4 prompt bytes) per hashed block.
+    pub block_tokens: Option<u64>,
+    /// Blocks hashed at most per prompt.
+    pub max_blocks: Option<u64>,
+    pub prefix_weight: Option<f64>,
+    pub load_weight: Option<f64>,
+    pub kv_weight: Option<f64>,
+    /// Multiple of the mean load no backend is preferred beyond.
+    pub load_bound: Option<f64>,
+    /// Load (requests) at or below which a backend is never over the bound.
+    pub load_bound_floor: Option<f64>,
+    /// Share of requests (percent) sent to a random backend within the bound.
+    pub explore_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

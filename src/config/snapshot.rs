@@ -4,17 +4,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::policy::{Policy, RouteSpec};
-use crate::backends::{BackendLoad, LoadRegistry};
+use crate::backends::{BackendLoad, LoadRegistry, PrefixIndex};
 use crate::metrics::{ArmStats, Metrics};
 use crate::routing::candidates::expected_cost;
-use crate::routing::{BackendView, RequestFacts};
+use crate::routing::{BackendView, RequestFacts, ScrapeView};
 use crate::shadow::ShadowStats;
 use crate::telemetry::attempts::{BackendAttempts, RouteRetries};
+use crate::telemetry::prefix::PrefixStats;
 use crate::telemetry::usage::UsageHandles;
 
 /// Output tokens assumed for a request that sets no `max_tokens`, when ordering candidates by
@@ -34,6 +35,10 @@ pub struct PolicySnapshot {
     pub arm_stats: Vec<Vec<Arc<ArmStats>>>,
     /// Parallel to `policy.routes`: the shadow series of routes that mirror.
     pub shadow_stats: Vec<Option<Arc<ShadowStats>>>,
+    /// Parallel to `policy.routes`: the prefix-affinity series of routes balanced by prefix.
+    pub prefix_stats: Vec<Option<Arc<PrefixStats>>>,
+    /// Which backends recently served which prompt blocks; one per process.
+    pub prefix_index: Arc<PrefixIndex>,
     /// Parallel to `policy.routes`: retry budget and fallback counts.
     pub route_retries: Vec<Arc<RouteRetries>>,
     /// Parallel to `policy.backends`: attempts by result.
@@ -49,6 +54,7 @@ impl PolicySnapshot {
         policy: Policy,
         source: String,
         loads: &LoadRegistry,
+        prefix_index: &Arc<PrefixIndex>,
         metrics: &Metrics,
     ) -> PolicySnapshot {
         let model_index = policy
@@ -78,6 +84,11 @@ impl PolicySnapshot {
             .iter()
             .map(|r| r.shadow.as_ref().map(|_| metrics.shadow(&r.name)))
             .collect();
+        let prefix_stats = policy
+            .routes
+            .iter()
+            .map(|r| r.balance.block_shape().map(|_| metrics.prefix(&r.name)))
+            .collect();
         let route_retries = policy
             .routes
             .iter()
@@ -94,6 +105,8 @@ impl PolicySnapshot {
             backend_attempts,
             usage: UsageHandles::default(),
             shadow_stats,
+            prefix_stats,
+            prefix_index: prefix_index.clone(),
             content_hash: content_hash(&source),
             policy,
             source,
@@ -110,8 +123,17 @@ impl PolicySnapshot {
             .map(|&i| (i, &self.policy.routes[i]))
     }
 
+    /// How old a successful scrape may be before its figures count as unknown.
+    pub fn scrape_stale_after(&self) -> Duration {
+        self.policy
+            .server
+            .scrape_interval
+            .map_or(Duration::ZERO, crate::backends::scrape::stale_after)
+    }
+
     /// What candidate ordering sees of backend `b` at `now` for the request of `facts`: its
-    /// tier, load, cooldown and what the request would cost there.
+    /// tier, load, cooldown, what the request would cost there, its scraped load and — when the
+    /// request's prefix was hashed — how many of its blocks the backend is believed to hold.
     pub fn backend_view(&self, b: usize, now: Instant, facts: &RequestFacts) -> BackendView {
         let spec = &self.policy.backends[b];
         let load = &self.loads[b];
@@ -128,6 +150,21 @@ impl PolicySnapshot {
                     p.output_per_mtok,
                 )
             }),
+            scrape: if self.policy.server.scrape_interval.is_some() {
+                load.scrape_view(now, self.scrape_stale_after())
+            } else {
+                ScrapeView::Unknown
+            },
+            matched_blocks: self.matched_blocks(b, &facts.prefix_blocks),
+        }
+    }
+
+    /// Leading blocks of `blocks` backend `b` is believed to hold (0 without blocks).
+    pub fn matched_blocks(&self, b: usize, blocks: &[u64]) -> usize {
+        if blocks.is_empty() {
+            0
+        } else {
+            self.prefix_index.matches(blocks, &[self.loads[b].id()])[0]
         }
     }
 

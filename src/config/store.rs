@@ -13,7 +13,8 @@ use parking_lot::Mutex;
 
 use super::snapshot::{content_hash, PolicySnapshot};
 use super::validate::{check_swap, parse_policy, FieldError};
-use crate::backends::LoadRegistry;
+use crate::backends::{LoadRegistry, PrefixIndex};
+use crate::cache::ResponseCache;
 use crate::metrics::Metrics;
 use crate::redis::SharedRedis;
 
@@ -75,9 +76,12 @@ pub struct PolicyStore {
     current: ArcSwap<PolicySnapshot>,
     inner: Mutex<Inner>,
     loads: LoadRegistry,
+    prefix_index: Arc<PrefixIndex>,
     metrics: Arc<Metrics>,
     /// Follows the running policy's `[redis]` (reconnects when a swap changes it).
     redis: Arc<SharedRedis>,
+    /// The response cache, sized by the start-up policy's `[cache]`; kept across versions.
+    cache: Arc<ResponseCache>,
 }
 
 impl PolicyStore {
@@ -85,16 +89,19 @@ impl PolicyStore {
     pub fn new(text: &str, metrics: Arc<Metrics>) -> Result<PolicyStore, Vec<FieldError>> {
         let policy = parse_policy(text)?;
         let loads = LoadRegistry::default();
+        let prefix_index = Arc::new(PrefixIndex::default());
         let snapshot = Arc::new(PolicySnapshot::build(
             1,
             policy,
             text.to_owned(),
             &loads,
+            &prefix_index,
             &metrics,
         ));
         metrics.policy_version.store(1, Ordering::Relaxed);
         let redis = Arc::new(SharedRedis::new());
         redis.configure(snapshot.policy.redis.as_ref());
+        let cache = Arc::new(ResponseCache::new(snapshot.policy.cache, redis.clone()));
         let entry = HistoryEntry {
             version: 1,
             activated_at: SystemTime::now(),
@@ -109,8 +116,10 @@ impl PolicyStore {
                 next_version: 2,
             }),
             loads,
+            prefix_index,
             metrics,
             redis,
+            cache,
         })
     }
 
@@ -127,6 +136,11 @@ impl PolicyStore {
     /// running policy.
     pub fn redis(&self) -> &Arc<SharedRedis> {
         &self.redis
+    }
+
+    /// The process's response cache.
+    pub fn cache(&self) -> &Arc<ResponseCache> {
+        &self.cache
     }
 
     /// Validates `text` and, when valid, swaps it in as a new version in one atomic store.
@@ -159,7 +173,7 @@ impl PolicyStore {
             });
         }
         let policy = parse_policy(text)?;
-        check_swap(&running.policy.server, &policy.server)?;
+        check_swap(&running.policy, &policy)?;
         let version = inner.next_version;
         let limit = policy.server.history_limit;
         let snapshot = Arc::new(PolicySnapshot::build(
@@ -167,6 +181,7 @@ impl PolicyStore {
             policy,
             text.to_owned(),
             &self.loads,
+            &self.prefix_index,
             &self.metrics,
         ));
         inner.next_version += 1;
@@ -181,6 +196,10 @@ impl PolicyStore {
             inner.history.pop_front();
         }
         self.current.store(snapshot.clone());
+        // Backends that left the policy must not attract traffic from what they once served.
+        let live: std::collections::HashSet<_> = snapshot.loads.iter().map(|l| l.id()).collect();
+        self.prefix_index
+            .retain_backends(move |id| live.contains(&id));
         self.redis.configure(snapshot.policy.redis.as_ref());
         self.metrics
             .policy_version

@@ -20,6 +20,10 @@ pub struct RequestCtx {
     pub(super) shadow_link: Option<PrimaryLink>,
     /// The primary's generated text, kept only for a mirrored request's comparison.
     pub(super) primary_text: Option<String>,
+    /// Set on a cache miss whose answer may be stored; the relay records into it.
+    pub(super) cache_fill: Option<super::cache::Fill>,
+    /// `(matched, prompt)` prefix blocks of the answering backend, on prefix-balanced routes.
+    pub prefix_match: Option<(usize, usize)>,
 }
 
 impl RequestCtx {
@@ -30,6 +34,8 @@ impl RequestCtx {
             in_flight: None,
             shadow_link: None,
             primary_text: None,
+            cache_fill: None,
+            prefix_match: None,
         }
     }
 }

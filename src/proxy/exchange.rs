@@ -117,12 +117,19 @@ pub(super) async fn precommit(
         let request = for_backend(&x.base, backend, body.len())
             .map_err(|e| GatewayError::UpstreamFailed(e.to_string()))?;
         made += 1;
+        let prefix = note_prefix(x, candidate);
         let failed = match try_candidate(x, candidate, guard, &request, &body, on_sent).await {
             Ok(committed) => {
                 ctx.record.attempts.push(Attempt {
                     backend: candidate.backend,
                     failure: None,
                 });
+                if let Some((matched, blocks)) = prefix {
+                    ctx.prefix_match = Some((matched, blocks));
+                    if let Some(stats) = &snapshot.prefix_stats[candidate.route] {
+                        stats.record(matched, blocks);
+                    }
+                }
                 snapshot.backend_attempts[candidate.backend].record(None);
                 return Ok(committed);
             }
@@ -170,6 +177,22 @@ pub(super) async fn precommit(
             arm: arm.name.clone(),
         }
     }))
+}
+
+/// On a prefix-balanced candidate route: how much of the prompt's prefix the candidate's backend
+/// was believed to hold, as `(matched, blocks)`; then notes that it now holds all of it. Written
+/// at dispatch, before the answer: a burst sharing this prefix must see where it went.
+fn note_prefix(x: &Exchange<'_>, candidate: Candidate) -> Option<(usize, usize)> {
+    let snapshot = x.snapshot;
+    let blocks = &x.facts.prefix_blocks;
+    if blocks.is_empty() || snapshot.prefix_stats[candidate.route].is_none() {
+        return None;
+    }
+    let matched = snapshot.matched_blocks(candidate.backend, blocks);
+    snapshot
+        .prefix_index
+        .record(snapshot.loads[candidate.backend].id(), blocks);
+    Some((matched, blocks.len()))
 }
 
 /// The model name the candidate's backend must receive: its own rewrite, else — for a fallback

@@ -14,15 +14,16 @@ use pingora::{Error, ErrorType};
 use rand::Rng;
 
 use super::body::read_body;
+use super::cache;
 use super::ctx::RequestCtx;
 use super::exchange::{precommit, Exchange};
 use super::relay::relay;
 use super::{observe, Failure};
 use crate::config::PolicyStore;
 use crate::error::GatewayError;
-use crate::routing::tier::{plan_of, start_tier};
+use crate::routing::tier::start_tier;
 use crate::routing::{
-    candidates, choose_arm, match_route, ApiKeyHash, Draws, Endpoint, RequestFacts, BUCKETS,
+    candidates, choose_arm, match_route, plan_for, Draws, Endpoint, RequestFacts, BUCKETS,
 };
 use crate::shadow::ShadowJob;
 use crate::telemetry::Outcome;
@@ -68,7 +69,12 @@ impl Gateway {
             return Err(method_not_allowed(session).into());
         }
         let body = read_body(session, snapshot.policy.server.max_body_bytes).await?;
-        let facts = RequestFacts::parse(endpoint, &body).map_err(GatewayError::from)?;
+        let facts = RequestFacts::parse_with_prefix(endpoint, &body, |model| {
+            snapshot
+                .route_for_model(model)
+                .and_then(|(_, route)| route.balance.block_shape())
+        })
+        .map_err(GatewayError::from)?;
         ctx.record.endpoint = Some(endpoint);
         ctx.record.stream = facts.stream;
 
@@ -82,16 +88,37 @@ impl Gateway {
                 arm_bucket: rng.random_range(0..BUCKETS),
                 shadow_bucket: rng.random_range(0..BUCKETS),
                 rotation: self.rotation.fetch_add(1, Ordering::Relaxed),
+                explore: rng.random_range(0..10_000),
+                pick: rng.random::<u32>() as usize,
             }
         };
         let choice = choose_arm(route, &facts, headers, draws).map_err(GatewayError::from)?;
         ctx.record.arm = Some(choice.arm);
-        // Hashing the credential costs a SHA-256: only when a plan could matter.
-        let plan = if snapshot.policy.plans.is_empty() {
-            None
-        } else {
-            plan_of(&snapshot.policy.plans, ApiKeyHash::from_headers(headers))
-        };
+        // The lookup sits after the arm choice (the key names the arm and its models) and
+        // before candidate ordering: a hit needs no backend at all.
+        let cache_plan = crate::cache::plan(
+            &snapshot,
+            route_index,
+            choice.arm,
+            endpoint,
+            &facts.model,
+            headers,
+            &body,
+        );
+        if let cache::Step::Served = cache::before_upstream(
+            self.store.cache(),
+            session,
+            ctx,
+            &snapshot,
+            route_index,
+            cache_plan,
+        )
+        .await?
+        {
+            return Ok(());
+        }
+        let headers = &session.req_header().headers;
+        let plan = plan_for(&snapshot, headers);
         let start = start_tier(
             &route.tiering,
             &snapshot.policy.tiers,
@@ -107,6 +134,7 @@ impl Gateway {
             start,
             &facts,
             headers,
+            plan,
             draws,
             |b| snapshot.backend_view(b, now, &facts),
         )

@@ -13,6 +13,7 @@
 //! completed and handed once to every consumer in the `logging` hook.
 
 pub(crate) mod body;
+mod cache;
 mod ctx;
 mod exchange;
 mod gateway;
@@ -21,6 +22,7 @@ mod relay;
 
 pub use ctx::RequestCtx;
 pub use gateway::Gateway;
+pub use relay::PREFIX_MATCH_HEADER;
 
 use crate::error::GatewayError;
 

@@ -14,11 +14,12 @@ use pingora::proxy::Session;
 use pingora::time::fast_timeout::fast_timeout;
 use pingora::{Error, ErrorType};
 
+use super::cache::CACHE_HEADER;
 use super::ctx::RequestCtx;
 use super::exchange::{Committed, Exchange};
 use super::Failure;
 use crate::cost::cost_usd;
-use crate::telemetry::{Outcome, Usage};
+use crate::telemetry::{CacheStatus, Outcome, Usage};
 use crate::upstream::sse::error_event;
 use crate::upstream::{is_hop_header, release, Captured};
 
@@ -53,6 +54,14 @@ pub(super) async fn relay(
 
     let status = http.response_header().map_or(502, |h| h.status.as_u16());
     record.status = status;
+    // A cache miss records the answer beside the capture; it never holds a chunk back.
+    let mut recorder = ctx.cache_fill.as_ref().map(|f| f.recorder(is_sse));
+    let content_type = recorder.as_ref().map(|_| {
+        http.response_header()
+            .and_then(|h| h.headers.get(header::CONTENT_TYPE))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default()
+    });
     // A plain answer read whole is settled before its head goes out, so the head can carry its
     // cost.
     let (settled, mut capture) = if finished && !is_sse {
@@ -68,6 +77,9 @@ pub(super) async fn relay(
         .await
         .map_err(|e| client_gone(ctx, e))?;
     for chunk in buffered {
+        if let Some(r) = recorder.as_mut() {
+            r.feed(&chunk);
+        }
         session
             .write_response_body(Some(chunk), false)
             .await
@@ -95,6 +107,9 @@ pub(super) async fn relay(
                             }
                         }
                         last_event_at = Some(now);
+                    }
+                    if let Some(r) = recorder.as_mut() {
+                        r.feed(&chunk);
                     }
                     if let Err(e) = session.write_response_body(Some(chunk), false).await {
                         // The upstream connection is dropped with `http`, not pooled, which
@@ -137,6 +152,7 @@ pub(super) async fn relay(
     if let Some(capture) = capture {
         settle(ctx, x, candidate.backend, status, capture.finish(), broken);
     }
+    let fill = ctx.cache_fill.take().zip(recorder);
     match failure {
         None => {
             session
@@ -144,9 +160,16 @@ pub(super) async fn relay(
                 .await
                 .map_err(|e| client_gone(ctx, e))?;
             release(x.connector, http, &peer).await;
+            if let Some((fill, recorder)) = fill {
+                let content_type = content_type.unwrap_or_default();
+                fill.finish(recorder, status, true, &content_type, snapshot, ctx);
+            }
             Ok(())
         }
         Some((code, message, outcome)) => {
+            if let Some((fill, recorder)) = fill {
+                fill.finish(recorder, status, false, "", snapshot, ctx);
+            }
             ctx.record.outcome = if is_sse {
                 outcome
             } else {
@@ -215,6 +238,10 @@ fn settle(
     cost
 }
 
+/// With `debug_headers`, on answers of prefix-balanced routes: `MATCHED/BLOCKS`, the prompt
+/// blocks the answering backend was believed to hold, of the prompt's hashed blocks.
+pub const PREFIX_MATCH_HEADER: &str = "x-switchyard-prefix-match";
+
 /// The head the client gets: the backend's, less hop-by-hop headers, plus what the gateway
 /// tells about the request (route, arm, backend, tier, policy version, and the cost of a plain
 /// answer).
@@ -255,6 +282,14 @@ fn downstream_header(
     )?;
     if let Some(cost) = cost {
         down.insert_header("x-switchyard-cost-usd", format_usd(cost))?;
+    }
+    match ctx.record.cache {
+        CacheStatus::Off | CacheStatus::Hit => {}
+        CacheStatus::Miss => down.insert_header(CACHE_HEADER, "miss")?,
+        CacheStatus::Bypass => down.insert_header(CACHE_HEADER, "bypass")?,
+    }
+    if let (true, Some((matched, blocks))) = (policy.server.debug_headers, ctx.prefix_match) {
+        down.insert_header(PREFIX_MATCH_HEADER, format!("{matched}/{blocks}"))?;
     }
     Ok(down)
 }

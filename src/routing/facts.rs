@@ -5,6 +5,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use super::prefix::{model_seed, BlockHasher, BlockShape};
+
 /// The OpenAI endpoints the gateway routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -41,6 +43,9 @@ pub struct RequestFacts {
     pub prompt_tokens_estimate: u64,
     /// Number of chat messages (0 for completions and embeddings).
     pub message_count: usize,
+    /// The prompt's prefix block hashes (see [`super::prefix`]), computed in the same parse when
+    /// the route's balance needs them; empty otherwise, and for embeddings.
+    pub prefix_blocks: Vec<u64>,
     /// The request offers tools (a non-empty `tools` or legacy `functions` list).
     pub tools: bool,
     /// `response_format` asks for JSON (`json_object` or `json_schema`).
@@ -93,6 +98,8 @@ struct StreamOptions {
 #[derive(Deserialize)]
 struct Message<'a> {
     #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     content: Option<Content<'a>>,
 }
 
@@ -134,9 +141,52 @@ impl PromptField<'_> {
     }
 }
 
+impl PromptField<'_> {
+    fn render(&self, hasher: &mut BlockHasher) {
+        match self {
+            PromptField::Text(t) => hasher.feed(t.as_bytes()),
+            PromptField::Texts(ts) => ts.iter().for_each(|t| hasher.feed(t.as_bytes())),
+            // The sim's tokenizer reads ids as 32-bit; larger ids do not occur in vocabularies.
+            PromptField::Tokens(ids) => hasher.feed_token_ids(ids.iter().map(|&id| id as u32)),
+            PromptField::TokenLists(lists) => lists
+                .iter()
+                .for_each(|l| hasher.feed_token_ids(l.iter().map(|&id| id as u32))),
+        }
+    }
+}
+
+fn render_messages(messages: &[Message<'_>], hasher: &mut BlockHasher) {
+    for m in messages {
+        let role = m.role.as_deref().unwrap_or("").as_bytes();
+        match &m.content {
+            Some(Content::Text(t)) => hasher.feed_message(role, [t.as_bytes()]),
+            Some(Content::Parts(parts)) => hasher.feed_message(
+                role,
+                parts
+                    .iter()
+                    .filter_map(|p| p.text.as_deref())
+                    .map(str::as_bytes),
+            ),
+            None => hasher.feed_message(role, []),
+        }
+    }
+}
+
 impl RequestFacts {
-    /// Parses the body of a request to `endpoint`.
+    /// Parses the body of a request to `endpoint`, without prefix hashes.
     pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<RequestFacts, FactsError> {
+        Self::parse_with_prefix(endpoint, body, |_| None)
+    }
+
+    /// Parses the body of a request to `endpoint` in one pass; once the model is known,
+    /// `shape_for(model)` says whether (and how) to hash the prompt's prefix blocks — the
+    /// gateway answers from the route serving the model, so routes that do not balance by prefix
+    /// pay nothing for it.
+    pub fn parse_with_prefix(
+        endpoint: Endpoint,
+        body: &[u8],
+        shape_for: impl FnOnce(&str) -> Option<BlockShape>,
+    ) -> Result<RequestFacts, FactsError> {
         let wire: Wire<'_> =
             serde_json::from_slice(body).map_err(|e| FactsError::Malformed(e.to_string()))?;
         let model = match wire.model {
@@ -161,6 +211,19 @@ impl RequestFacts {
         let prompt_tokens_estimate = message_tokens
             + wire.prompt.as_ref().map_or(0, PromptField::tokens)
             + wire.input.as_ref().map_or(0, PromptField::tokens);
+        let prefix_blocks = match shape_for(&model) {
+            Some(shape) if endpoint != Endpoint::Embeddings => {
+                let mut hasher = BlockHasher::new(model_seed(&model), shape);
+                if let Some(messages) = &wire.messages {
+                    render_messages(messages, &mut hasher);
+                }
+                if let Some(prompt) = &wire.prompt {
+                    prompt.render(&mut hasher);
+                }
+                hasher.finish()
+            }
+            _ => Vec::new(),
+        };
         Ok(RequestFacts {
             endpoint,
             model,
@@ -174,6 +237,7 @@ impl RequestFacts {
             user: wire.user.map(Cow::into_owned),
             prompt_tokens_estimate,
             message_count,
+            prefix_blocks,
             tools: wire.tools.is_some_and(|t| !t.is_empty())
                 || wire.functions.is_some_and(|f| !f.is_empty()),
             json_mode: wire
@@ -273,6 +337,47 @@ mod tests {
             RequestFacts::parse(Endpoint::ChatCompletions, br#"{"model":7}"#),
             Err(FactsError::Malformed(_))
         ));
+    }
+
+    const SHAPE: BlockShape = BlockShape {
+        block_tokens: 4,
+        max_blocks: 64,
+    };
+
+    #[test]
+    fn prefix_blocks_match_the_rendered_prompt() {
+        let body = br#"{"model":"llama","messages":[
+            {"role":"system","content":"You are a terse assistant for the docs."},
+            {"role":"user","content":[{"type":"text","text":"hello "},{"type":"text","text":"there"}]}]}"#;
+        let f = RequestFacts::parse_with_prefix(Endpoint::ChatCompletions, body, |_| Some(SHAPE))
+            .unwrap();
+        let rendered = b"system\nYou are a terse assistant for the docs.\nuser\nhello there\n";
+        assert_eq!(
+            f.prefix_blocks,
+            super::super::prefix::block_hashes(model_seed("llama"), rendered, SHAPE)
+        );
+        assert!(!f.prefix_blocks.is_empty());
+    }
+
+    #[test]
+    fn prefix_blocks_only_when_asked_and_never_for_embeddings() {
+        let body =
+            br#"{"model":"m","prompt":"a prompt long enough to fill some blocks of four tokens"}"#;
+        let mut asked = None;
+        let f = RequestFacts::parse_with_prefix(Endpoint::Completions, body, |m| {
+            asked = Some(m.to_owned());
+            None
+        })
+        .unwrap();
+        assert!(f.prefix_blocks.is_empty());
+        assert_eq!(asked.as_deref(), Some("m"), "the shape is chosen by model");
+        let f =
+            RequestFacts::parse_with_prefix(Endpoint::Completions, body, |_| Some(SHAPE)).unwrap();
+        assert_eq!(f.prefix_blocks.len(), 3);
+        let e =
+            br#"{"model":"m","input":"a prompt long enough to fill some blocks of four tokens"}"#;
+        let f = RequestFacts::parse_with_prefix(Endpoint::Embeddings, e, |_| Some(SHAPE)).unwrap();
+        assert!(f.prefix_blocks.is_empty());
     }
 
     #[test]

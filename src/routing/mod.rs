@@ -10,13 +10,16 @@
 
 pub mod api_key;
 pub mod arm;
+pub mod balance;
 pub mod candidates;
 pub mod facts;
 pub mod fallback;
+pub mod prefix;
 pub mod tier;
 
 pub use api_key::ApiKeyHash;
 pub use arm::{sticky_bucket, Arm, ArmTable, NewArm, StickyKey, BUCKETS};
+pub use balance::{Balance, BalanceDraws, BalanceView, PrefixBalance, ScrapeView, ScrapedLoad};
 pub use candidates::BackendView;
 pub use facts::{rewrite_model, Endpoint, FactsError, RequestFacts};
 
@@ -44,6 +47,21 @@ pub struct Draws {
     pub shadow_bucket: u32,
     /// Breaks ties between equally loaded backends.
     pub rotation: usize,
+    /// Uniform in `0..10_000`: whether a prefix-balanced request explores.
+    pub explore: u32,
+    /// Uniform: which backend an exploring request tries first.
+    pub pick: usize,
+}
+
+impl Draws {
+    /// The part of the draws a balance strategy uses.
+    pub fn balance(&self) -> BalanceDraws {
+        BalanceDraws {
+            rotation: self.rotation,
+            explore: self.explore,
+            pick: self.pick,
+        }
+    }
 }
 
 /// The header a QA client sets to force an arm on routes with `allow_arm_override`.
@@ -126,7 +144,8 @@ pub fn choose_arm(
 /// The backends to try for a request that starts at `start_tier` on `route`'s arm `arm`: that
 /// arm's backends by tier, then each fallback route's (its own arm choice and tier rules, with
 /// the same draws). A backend already listed is not listed again. `view` describes each
-/// backend now. Errors when nothing at all can be tried.
+/// backend now; `plan` is the plan of the client's API key. Errors when nothing at all can be
+/// tried.
 #[allow(clippy::too_many_arguments)]
 pub fn candidates(
     snapshot: &PolicySnapshot,
@@ -135,6 +154,7 @@ pub fn candidates(
     start_tier: usize,
     facts: &RequestFacts,
     headers: &http::HeaderMap,
+    plan: Option<&str>,
     draws: Draws,
     view: impl Fn(usize) -> BackendView,
 ) -> Result<Vec<Candidate>, RoutingError> {
@@ -146,8 +166,10 @@ pub fn candidates(
         start_tier,
         policy.tier_count(),
         route.tiering.overflow_down,
+        &route.balance,
+        facts.prefix_blocks.len(),
         &view,
-        draws.rotation,
+        draws.balance(),
     )
     .into_iter()
     .map(|backend| Candidate {
@@ -161,15 +183,18 @@ pub fn candidates(
         let Ok(choice) = choose_arm(other, facts, headers, draws) else {
             continue;
         };
-        let plan = tier::plan_of(&policy.plans, ApiKeyHash::from_headers(headers));
         let start = tier::start_tier(&other.tiering, &policy.tiers, facts, headers, plan);
+        // The fallback route's own balance orders its backends; the prompt was hashed with this
+        // route's block shape, so a prefix-balanced fallback sees matches only when they agree.
         let backends = candidates::order_backends(
             &other.arms.arms()[choice.arm].backends,
             start,
             policy.tier_count(),
             other.tiering.overflow_down,
+            &other.balance,
+            facts.prefix_blocks.len(),
             &view,
-            draws.rotation,
+            draws.balance(),
         );
         for backend in backends {
             if !out.iter().any(|c| c.backend == backend) {
@@ -190,6 +215,15 @@ pub fn candidates(
     Ok(out)
 }
 
+/// The plan of the request's API key. Hashing the credential costs a SHA-256, so only when the
+/// policy has plans at all.
+pub fn plan_for<'a>(snapshot: &'a PolicySnapshot, headers: &http::HeaderMap) -> Option<&'a str> {
+    if snapshot.policy.plans.is_empty() {
+        return None;
+    }
+    tier::plan_of(&snapshot.policy.plans, ApiKeyHash::from_headers(headers))
+}
+
 /// Every step at once, for callers with no step of their own in between (benches, tests).
 pub fn decide(
     snapshot: &PolicySnapshot,
@@ -201,10 +235,10 @@ pub fn decide(
     let route = match_route(snapshot, facts)?;
     let spec = &snapshot.policy.routes[route];
     let choice = choose_arm(spec, facts, headers, draws)?;
-    let plan = tier::plan_of(&snapshot.policy.plans, ApiKeyHash::from_headers(headers));
+    let plan = plan_for(snapshot, headers);
     let start_tier = tier::start_tier(&spec.tiering, &snapshot.policy.tiers, facts, headers, plan);
     let candidates = candidates(
-        snapshot, route, choice.arm, start_tier, facts, headers, draws, view,
+        snapshot, route, choice.arm, start_tier, facts, headers, plan, draws, view,
     )?;
     Ok(Decision {
         route,

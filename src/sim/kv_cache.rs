@@ -6,29 +6,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use crate::routing::prefix::{block_hashes as shared_block_hashes, model_seed, BlockShape};
 
-use super::model::BYTES_PER_TOKEN;
-
-/// Hashes of the prompt's cacheable blocks, in prompt order. Block `i`'s
-/// hash covers blocks `0..=i`, so equal hashes mean equal prefixes.
-///
-/// Only whole blocks within the first `prompt_tokens - 1` tokens count: like
-/// vLLM, at least one prompt token is always computed, so a fully repeated
-/// prompt still reports fewer cached tokens than prompt tokens.
-pub fn block_hashes(prompt: &[u8], block_tokens: u32) -> Vec<u64> {
-    let block_bytes = block_tokens as usize * BYTES_PER_TOKEN;
-    let prompt_tokens = prompt.len().div_ceil(BYTES_PER_TOKEN);
-    let blocks = prompt_tokens.saturating_sub(1) / block_tokens as usize;
-    let mut previous = 0u64;
-    prompt
-        .chunks_exact(block_bytes)
-        .take(blocks)
-        .map(|block| {
-            previous = xxh3_64_with_seed(block, previous);
-            previous
-        })
-        .collect()
+/// Hashes of the prompt's cacheable blocks to `model`, in prompt order, cut as the gateway cuts
+/// them (see [`crate::routing::prefix`]). Block `i`'s hash covers blocks `0..=i`, so equal
+/// hashes mean equal prefixes. The sim hashes every block: its body limit bounds the work.
+pub fn block_hashes(model: &str, prompt: &[u8], block_tokens: u32) -> Vec<u64> {
+    shared_block_hashes(
+        model_seed(model),
+        prompt,
+        BlockShape {
+            block_tokens,
+            max_blocks: usize::MAX,
+        },
+    )
 }
 
 /// A bounded LRU set of block hashes plus vLLM's prefix-cache counters.
@@ -132,31 +123,15 @@ mod tests {
     }
 
     fn admit(cache: &mut PrefixCache, p: &[u8]) -> u32 {
-        cache.admit(crate::sim::model::count_tokens(p), &block_hashes(p, 4))
+        cache.admit(crate::sim::model::count_tokens(p), &block_hashes("m", p, 4))
     }
 
     #[test]
-    fn hashes_chain_so_equal_blocks_after_different_prefixes_differ() {
-        let a = block_hashes(&prompt(b"xy"), 4);
-        let b = block_hashes(&prompt(b"zy"), 4);
-        assert_eq!(a.len(), 2);
-        assert_ne!(a[1], b[1], "block 1 depends on block 0");
-        assert_eq!(
-            a,
-            block_hashes(&prompt(b"xy"), 4),
-            "hashing is deterministic"
-        );
-    }
-
-    #[test]
-    fn the_last_prompt_token_is_never_cacheable() {
-        assert_eq!(
-            block_hashes(&[b'a'; 32], 4).len(),
-            1,
-            "8 tokens: only the first block of 4"
-        );
-        assert_eq!(block_hashes(&[b'a'; 36], 4).len(), 2);
-        assert!(block_hashes(b"", 4).is_empty());
+    fn the_same_prompt_to_another_model_shares_nothing() {
+        let mut cache = PrefixCache::new(100, 4);
+        let p = prompt(b"ab");
+        cache.admit(9, &block_hashes("m1", &p, 4));
+        assert_eq!(cache.admit(9, &block_hashes("m2", &p, 4)), 0);
     }
 
     #[test]

@@ -13,7 +13,12 @@
 //! ```
 //!
 //! - Endpoints: `POST /v1/chat/completions`, `/v1/completions` (plain and
-//!   SSE), `/v1/embeddings`; `GET /v1/models`, `/health`, `/metrics`.
+//!   SSE), `/v1/embeddings`; vLLM's `POST /tokenize`, `/detokenize` and
+//!   `/v1/chat/completions/render` (the rendered prompt and its `token_ids`);
+//!   `GET /v1/models`, `/health`, `/metrics`.
+//! - Prompts are cut into prefix blocks by the gateway's own hashing
+//!   (`routing::prefix`), seeded with the model name; the prefix cache holds
+//!   `--kv-cache-blocks` blocks and evicts the least recently used.
 //! - Output is deterministic in the prompt and `--seed`; its length is the
 //!   request's `max_tokens` (default 16) capped by `--max-output-tokens`.
 //! - Tokens: 4 bytes of prompt text each; every generated word is one token.
@@ -44,6 +49,7 @@ mod openai;
 mod server;
 mod stream;
 mod text;
+mod tokenize;
 
 pub use args::SimArgs;
 pub use server::{run, ReceivedRequest, SimServer, RECEIVED_CAPACITY, SIM_NAME_HEADER};

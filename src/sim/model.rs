@@ -10,7 +10,7 @@ use std::time::Duration;
 /// is trivially fast on multi-MiB prompts and gives token boundaries for the
 /// prefix cache's blocks. Generated text uses 4-byte words, so feeding an
 /// answer back as a prompt counts the same number of tokens.
-pub const BYTES_PER_TOKEN: usize = 4;
+pub use crate::routing::prefix::BYTES_PER_TOKEN;
 
 /// Output length when the request names neither `max_tokens` nor
 /// `max_completion_tokens`.

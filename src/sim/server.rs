@@ -30,12 +30,16 @@ use super::error::{error_kind, SimError, StreamDropped, MAX_BODY_BYTES};
 use super::faults::Faults;
 use super::kv_cache::{block_hashes, PrefixCache};
 use super::metrics::{CacheFigures, InFlight, Metrics};
+use super::model::BYTES_PER_TOKEN;
 use super::model::{count_tokens, output_tokens, LatencyModel, Plan};
 use super::openai::{
     self, AnswerMeta, EmbeddingRequest, Endpoint, ErrorBody, ErrorEnvelope, Generation, Usage,
 };
 use super::stream::{Event, Script};
 use super::text::{completion_text, embedding, TokenStream};
+use super::tokenize::{
+    detokenize, token_ids, DetokenizeRequest, Rendered, TokenizeRequest, Tokenized,
+};
 
 /// Header naming the sim that answered, on every response.
 pub const SIM_NAME_HEADER: HeaderName = HeaderName::from_static("x-sim-name");
@@ -301,6 +305,41 @@ impl SimState {
                 self.generate(Endpoint::Completion, request.into()).await
             }
             (&Method::POST, "/v1/embeddings") => self.embed(parse(&body)?).await,
+            (&Method::POST, "/tokenize") => {
+                let (model, prompt) = parse::<TokenizeRequest>(&body)?.into_prompt();
+                self.check_model(&model)?;
+                let tokens = token_ids(&prompt);
+                Ok(json_response(
+                    StatusCode::OK,
+                    openai::to_json(&Tokenized {
+                        count: tokens.len(),
+                        max_model_len: MAX_BODY_BYTES / BYTES_PER_TOKEN,
+                        tokens,
+                        token_strs: None,
+                    }),
+                ))
+            }
+            (&Method::POST, "/detokenize") => {
+                let request: DetokenizeRequest = parse(&body)?;
+                self.check_model(&request.model)?;
+                let prompt = detokenize(&request.tokens);
+                Ok(json_response(
+                    StatusCode::OK,
+                    openai::to_json(&serde_json::json!({ "prompt": prompt })),
+                ))
+            }
+            (&Method::POST, "/v1/chat/completions/render") => {
+                let generation = Generation::from(parse::<openai::ChatRequest>(&body)?);
+                self.check_model(&generation.model)?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    openai::to_json(&Rendered {
+                        token_ids: token_ids(&generation.prompt),
+                        prompt: String::from_utf8_lossy(&generation.prompt).into_owned(),
+                        model: generation.model,
+                    }),
+                ))
+            }
             (
                 _,
                 "/health"
@@ -308,7 +347,10 @@ impl SimState {
                 | "/v1/models"
                 | "/v1/chat/completions"
                 | "/v1/completions"
-                | "/v1/embeddings",
+                | "/v1/embeddings"
+                | "/tokenize"
+                | "/detokenize"
+                | "/v1/chat/completions/render",
             ) => Err(SimError::MethodNotAllowed(path.to_owned())),
             _ => Err(SimError::NoRoute(path.to_owned())),
         }
@@ -323,12 +365,18 @@ impl SimState {
         received.push_back(request);
     }
 
+    fn check_model(&self, model: &str) -> Result<(), SimError> {
+        if self.models.iter().any(|m| m == model) {
+            Ok(())
+        } else {
+            Err(SimError::ModelNotFound(model.to_owned()))
+        }
+    }
+
     /// The checks every model request passes before any work: served model,
     /// concurrency limit, injected error. Returns its in-flight guard.
     fn admit(&self, model: &str) -> Result<InFlight, SimError> {
-        if !self.models.iter().any(|m| m == model) {
-            return Err(SimError::ModelNotFound(model.to_owned()));
-        }
+        self.check_model(model)?;
         let in_flight = self
             .metrics
             .admit(self.max_concurrency)
@@ -350,7 +398,7 @@ impl SimState {
         }
         let in_flight = self.admit(&generation.model)?;
         let prompt_tokens = count_tokens(&generation.prompt);
-        let hashes = block_hashes(&generation.prompt, self.kv_block_tokens);
+        let hashes = block_hashes(&generation.model, &generation.prompt, self.kv_block_tokens);
         let cached_tokens = self.prefix_cache.lock().admit(prompt_tokens, &hashes);
         let completion_tokens = output_tokens(generation.max_tokens, self.max_output_tokens);
         let plan = self

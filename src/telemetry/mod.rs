@@ -2,6 +2,7 @@
 //! exposition (`prom`), and — fed once per request — the request's record.
 
 pub mod attempts;
+pub mod prefix;
 pub mod prom;
 pub mod record;
 pub mod usage;

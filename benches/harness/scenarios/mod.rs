@@ -18,9 +18,11 @@ use crate::targets::{
 };
 use crate::Result;
 
+mod cost;
 mod cpu;
 mod ladder;
 mod latency;
+mod prefix;
 mod shadow;
 mod streaming;
 mod swap;
@@ -38,6 +40,8 @@ pub struct Options {
 
 /// Sizes and lengths of every scenario; the smoke profile shrinks them all.
 struct Params {
+    /// The smoke profile (scenario 9 sizes its workload from it).
+    smoke: bool,
     /// Scenario 1: measured requests per target, and rounds they are split in.
     c1_samples: u64,
     c1_rounds: u64,
@@ -67,11 +71,14 @@ struct Params {
     shadow_rounds: u32,
     shadow_rate: f64,
     shadow_delay_ms: u64,
+    /// Scenario 8: each policy's run length.
+    cost_duration: Duration,
 }
 
 impl Params {
     fn suite() -> Self {
         Self {
+            smoke: false,
             c1_samples: 12_000,
             c1_rounds: 10,
             cpu_duration: Duration::from_secs(5),
@@ -96,11 +103,13 @@ impl Params {
             shadow_rounds: 6,
             shadow_rate: 200.0,
             shadow_delay_ms: 200,
+            cost_duration: Duration::from_secs(4),
         }
     }
 
     fn smoke() -> Self {
         Self {
+            smoke: true,
             c1_samples: 300,
             c1_rounds: 3,
             cpu_duration: Duration::from_millis(300),
@@ -125,6 +134,7 @@ impl Params {
             shadow_rounds: 2,
             shadow_rate: 100.0,
             shadow_delay_ms: 20,
+            cost_duration: Duration::from_millis(400),
         }
     }
 }
@@ -311,6 +321,14 @@ impl Ctx {
         (rec, report)
     }
 
+    /// Runs `a` and `b` at once against `target` (mixed workloads); both recorders.
+    fn run_pair(&self, target: &Target, mut a: LoadSpec, mut b: LoadSpec) -> (Recorder, Recorder) {
+        a.addr = target.addr;
+        b.addr = target.addr;
+        self.rt
+            .block_on(async { tokio::join!(load::run(a), load::run(b)) })
+    }
+
     fn spec(&self, body: String) -> LoadSpec {
         LoadSpec::new(local(0), Bytes::from(body))
     }
@@ -363,7 +381,7 @@ pub fn main(opts: Options) -> Result<()> {
     };
 
     type Scenario = fn(&Ctx) -> Result<ScenarioResult>;
-    let all: [(u8, Scenario); 7] = [
+    let all: [(u8, Scenario); 9] = [
         (1, latency::added_latency),
         (2, cpu::cpu_per_request),
         (3, ladder::throughput_ladder),
@@ -371,6 +389,8 @@ pub fn main(opts: Options) -> Result<()> {
         (5, latency::body_sizes),
         (6, swap::swap_under_load),
         (7, shadow::shadow),
+        (8, cost::cost_routing),
+        (9, prefix::prefix_affinity),
     ];
     let mut results = Results::new(&opts, &ctx.env);
     for (id, scenario) in all {

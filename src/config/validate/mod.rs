@@ -9,6 +9,8 @@ use super::policy::*;
 use super::raw::RawPolicy;
 
 mod backend;
+mod balance;
+mod cache;
 mod cost;
 mod redis;
 mod route;
@@ -61,6 +63,7 @@ fn toml_error(e: &toml::de::Error) -> FieldError {
 pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
     let mut errors = Errors::default();
     let server = server::validate_server(raw, &mut errors);
+    let cache = cache::validate_cache(raw.cache.as_ref(), &mut errors);
     let tiers = cost::validate_tiers(raw, &mut errors);
     let plans = cost::validate_plans(raw.plans.as_ref(), &mut errors);
 
@@ -140,6 +143,7 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
             plans,
             backends,
             routes,
+            cache,
             redis,
         })
     } else {
@@ -179,7 +183,9 @@ pub(super) fn weight_bp(w: f64) -> Option<u32> {
 
 /// A running process cannot move its sockets or threads: a new policy that changes them is
 /// refused rather than half-applied.
-pub fn check_swap(running: &ServerSettings, next: &ServerSettings) -> Result<(), Vec<FieldError>> {
+pub fn check_swap(running: &Policy, next: &Policy) -> Result<(), Vec<FieldError>> {
+    let (running_cache, next_cache) = (&running.cache, &next.cache);
+    let (running, next) = (&running.server, &next.server);
     let mut errors = Errors::default();
     let restart = "cannot change while running; restart switchyard to apply it";
     if running.listen != next.listen {
@@ -190,6 +196,10 @@ pub fn check_swap(running: &ServerSettings, next: &ServerSettings) -> Result<(),
     }
     if running.threads != next.threads {
         errors.push("server.threads", restart);
+    }
+    // The in-process cache is sized once; resizing it would mean dropping every entry.
+    if running_cache.max_bytes != next_cache.max_bytes {
+        errors.push("cache.max_bytes", restart);
     }
     if errors.0.is_empty() {
         Ok(())
@@ -412,10 +422,10 @@ mod tests {
 
     #[test]
     fn swap_refuses_socket_changes() {
-        let a = parse_policy(GOOD).unwrap().server;
+        let a = parse_policy(GOOD).unwrap();
         let mut b = a.clone();
-        b.listen = "127.0.0.1:1".parse().unwrap();
-        b.max_body_bytes = 1;
+        b.server.listen = "127.0.0.1:1".parse().unwrap();
+        b.server.max_body_bytes = 1;
         let errs = check_swap(&a, &b).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].path, "server.listen");

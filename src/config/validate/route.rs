@@ -121,6 +121,11 @@ pub(super) fn validate_route(
     let shadow = r.shadow.as_ref().and_then(|s| {
         super::shadow::validate_shadow(&format!("{path}.shadow"), s, backend_index, errors)
     });
+    let cache = r
+        .cache
+        .as_ref()
+        .and_then(|c| super::cache::validate_route_cache(&format!("{path}.cache"), c, errors));
+    let balance = super::balance::validate_balance(path, r, errors);
     Some(RouteSpec {
         name: r.name.clone(),
         models: r.models.clone(),
@@ -130,6 +135,8 @@ pub(super) fn validate_route(
         active_set: r.active.clone(),
         allow_arm_override: r.allow_arm_override.unwrap_or(false),
         shadow,
+        cache,
+        balance: balance?,
         // Filled by the caller, which sees the policy's tiers and every route.
         tiering: Default::default(),
         fallback_routes: Vec::new(),

@@ -34,7 +34,20 @@ pub(super) fn validate_server(raw: &RawPolicy, errors: &mut Errors) -> ServerSet
     if threads > 256 {
         errors.push("server.threads", "must be at most 256");
     }
+    let scrape_interval = match s.scrape_interval_ms.unwrap_or(DEFAULT_SCRAPE_INTERVAL_MS) {
+        0 => None,
+        ms @ 10..=60_000 => Some(std::time::Duration::from_millis(ms)),
+        _ => {
+            errors.push(
+                "server.scrape_interval_ms",
+                "must be 0 (off) or between 10 and 60000",
+            );
+            None
+        }
+    };
     ServerSettings {
+        scrape_interval,
+        debug_headers: s.debug_headers.unwrap_or(false),
         listen,
         admin_listen,
         admin_token_env: s.admin_token_env.clone(),

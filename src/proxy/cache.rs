@@ -1,0 +1,271 @@
+//! The cache's two places in the exchange: before it (look up, follow an identical request
+//! already upstream, or answer from an entry) and after the relay (store a complete success).
+//! The decisions are `cache::plan`'s; this file only does the I/O they call for.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use super::ctx::RequestCtx;
+use super::relay::format_usd;
+use super::Failure;
+use crate::cache::flight::{self, FlightGuard, Joined};
+use crate::cache::stats::RouteCacheStats;
+use crate::cache::store::now_ms;
+use crate::cache::{AnswerBody, CacheKey, CachedAnswer, Layer, Plan, Recorder, ResponseCache};
+use crate::config::PolicySnapshot;
+use crate::telemetry::{CacheStatus, Outcome};
+
+/// The header that tells the client what the cache did: `hit`, `miss` or `bypass`.
+pub const CACHE_HEADER: &str = "x-switchyard-cache";
+
+/// A miss whose answer may be stored: carried in the request's context to the relay.
+pub(crate) struct Fill {
+    cache: Arc<ResponseCache>,
+    stats: Arc<RouteCacheStats>,
+    key: CacheKey,
+    ttl_ms: u64,
+    max_entry_bytes: usize,
+    /// Set when this request leads the flight of identical misses.
+    flight: Option<FlightGuard>,
+}
+
+impl Fill {
+    /// A recorder for the answer about to be relayed.
+    pub(crate) fn recorder(&self, is_sse: bool) -> Recorder {
+        Recorder::new(is_sse, self.max_entry_bytes)
+    }
+
+    /// Called when the relay is over: stores the answer if it is a complete success, and
+    /// settles the flight either way (dropping the guard releases the followers).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish(
+        self,
+        recorder: Recorder,
+        status: u16,
+        complete: bool,
+        content_type: &str,
+        snapshot: &PolicySnapshot,
+        ctx: &RequestCtx,
+    ) {
+        let Fill {
+            cache,
+            stats,
+            key,
+            ttl_ms,
+            max_entry_bytes: _,
+            flight,
+        } = self;
+        let complete = complete && ctx.record.outcome == Outcome::Success;
+        match recorder.finish(status, complete, content_type) {
+            Ok(body) => {
+                let policy = &snapshot.policy;
+                let route = ctx.record.route.map(|r| &policy.routes[r]);
+                let answer = Arc::new(CachedAnswer {
+                    route: route.map(|r| r.name.clone()).unwrap_or_default(),
+                    arm: route
+                        .zip(ctx.record.arm)
+                        .map(|(r, a)| r.arms.arms()[a].name.clone())
+                        .unwrap_or_default(),
+                    backend: ctx
+                        .record
+                        .backend
+                        .map(|b| policy.backends[b].name.clone())
+                        .unwrap_or_default(),
+                    stored_at_ms: now_ms(),
+                    ttl_ms,
+                    cost_usd: ctx.record.cost_usd,
+                    body,
+                });
+                cache.store(key, answer.clone());
+                stats.stores.fetch_add(1, Relaxed);
+                if let Some(flight) = flight {
+                    flight.complete(answer);
+                }
+            }
+            Err(why) => {
+                stats.not_stored.fetch_add(1, Relaxed);
+                tracing::debug!(key = %key, reason = why.as_str(), "answer not cached");
+            }
+        }
+    }
+}
+
+/// What the cache step decided.
+pub(super) enum Step {
+    /// The request was answered from the cache.
+    Served,
+    /// Go upstream (`ctx.cache_fill` is set when the answer may be stored).
+    Upstream,
+}
+
+/// Runs the cache's part before the exchange for a request planned as `plan`.
+pub(super) async fn before_upstream(
+    cache: &Arc<ResponseCache>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    snapshot: &PolicySnapshot,
+    route: usize,
+    plan: Plan,
+) -> Result<Step, Failure> {
+    let route_spec = &snapshot.policy.routes[route];
+    let stats = cache.stats().route(&route_spec.name);
+    let (key, lookup, store, ttl, include_usage, max_entry_bytes) = match plan {
+        Plan::Off => return Ok(Step::Upstream),
+        Plan::Bypass(reason) => {
+            stats.bypasses.fetch_add(1, Relaxed);
+            tracing::debug!(reason = reason.as_str(), "cache bypassed");
+            ctx.record.cache = CacheStatus::Bypass;
+            return Ok(Step::Upstream);
+        }
+        Plan::Use {
+            key,
+            lookup,
+            store,
+            ttl,
+            include_usage,
+            max_entry_bytes,
+        } => (key, lookup, store, ttl, include_usage, max_entry_bytes),
+    };
+    let charge = route_spec.cache.as_ref().is_some_and(|c| c.charge_hits);
+    let mut flight = None;
+    if lookup {
+        if let Some((answer, layer)) = cache.lookup(key, include_usage).await {
+            write_hit(
+                session,
+                ctx,
+                snapshot,
+                &answer,
+                layer,
+                include_usage,
+                charge,
+            )
+            .await?;
+            stats.hit(layer, answer.cost_usd);
+            return Ok(Step::Served);
+        }
+        match cache.join(key) {
+            Joined::Leader(guard) => flight = Some(guard),
+            Joined::Follower(rx) => {
+                stats.flight_joins.fetch_add(1, Relaxed);
+                let waited =
+                    tokio::time::timeout(cache.single_flight_wait(), flight::wait(rx)).await;
+                if let Ok(Some(answer)) = waited {
+                    if answer.serves(include_usage) {
+                        write_hit(
+                            session,
+                            ctx,
+                            snapshot,
+                            &answer,
+                            Layer::Flight,
+                            include_usage,
+                            charge,
+                        )
+                        .await?;
+                        stats.hit(Layer::Flight, answer.cost_usd);
+                        return Ok(Step::Served);
+                    }
+                }
+                // The leader failed, was not stored, or took too long: go upstream as a plain
+                // miss (its answer may still be stored).
+            }
+        }
+    }
+    stats.misses.fetch_add(1, Relaxed);
+    ctx.record.cache = CacheStatus::Miss;
+    if store {
+        ctx.cache_fill = Some(Fill {
+            cache: cache.clone(),
+            stats,
+            key,
+            ttl_ms: ttl.as_millis() as u64,
+            max_entry_bytes,
+            flight,
+        });
+    }
+    Ok(Step::Upstream)
+}
+
+/// Answers from `answer`: a plain body byte for byte with its content type, a stream event by
+/// event. The record says "cache hit"; the cost is 0 unless the route charges hits.
+async fn write_hit(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    snapshot: &PolicySnapshot,
+    answer: &CachedAnswer,
+    layer: Layer,
+    include_usage: bool,
+    charge: bool,
+) -> Result<(), Failure> {
+    let cost = if charge { answer.cost_usd } else { 0.0 };
+    let record = &mut ctx.record;
+    record.cache = CacheStatus::Hit;
+    record.status = 200;
+    record.outcome = Outcome::Success;
+    record.cost_usd = cost;
+    let policy = &snapshot.policy;
+    let build = || -> pingora::Result<ResponseHeader> {
+        let mut down = ResponseHeader::build(200, Some(10))?;
+        match &answer.body {
+            AnswerBody::Plain {
+                content_type,
+                bytes,
+            } => {
+                down.insert_header(header::CONTENT_TYPE, content_type.as_str())?;
+                down.insert_header(header::CONTENT_LENGTH, bytes.len().to_string())?;
+                down.insert_header("x-switchyard-cost-usd", format_usd(cost))?;
+            }
+            AnswerBody::Stream { .. } => {
+                down.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
+                down.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+            }
+        }
+        down.insert_header(CACHE_HEADER, "hit")?;
+        down.insert_header("x-switchyard-cache-layer", layer.as_str())?;
+        down.insert_header(header::AGE, answer.age_s(now_ms()).to_string())?;
+        down.insert_header("x-switchyard-route", answer.route.as_str())?;
+        down.insert_header("x-switchyard-arm", answer.arm.as_str())?;
+        down.insert_header("x-switchyard-backend", answer.backend.as_str())?;
+        if let Some(tier) = policy
+            .backends
+            .iter()
+            .find(|b| b.name == answer.backend)
+            .and_then(|b| b.tier.as_deref())
+        {
+            down.insert_header("x-switchyard-tier", tier)?;
+        }
+        down.insert_header("x-switchyard-policy-version", snapshot.version.to_string())?;
+        Ok(down)
+    };
+    let down = build().map_err(Failure::Abort)?;
+    let gone = |ctx: &mut RequestCtx, e| {
+        ctx.record.outcome = Outcome::ClientAbort;
+        Failure::Abort(e)
+    };
+    if let Err(e) = session.write_response_header(Box::new(down), false).await {
+        return Err(gone(ctx, e));
+    }
+    match &answer.body {
+        AnswerBody::Plain { bytes, .. } => {
+            if let Err(e) = session.write_response_body(Some(bytes.clone()), true).await {
+                return Err(gone(ctx, e));
+            }
+        }
+        AnswerBody::Stream { .. } => {
+            let events: Vec<Bytes> = answer.replay_events(include_usage).cloned().collect();
+            for event in events {
+                if let Err(e) = session.write_response_body(Some(event), false).await {
+                    return Err(gone(ctx, e));
+                }
+            }
+            if let Err(e) = session.write_response_body(None, true).await {
+                return Err(gone(ctx, e));
+            }
+        }
+    }
+    Ok(())
+}
