@@ -36,3 +36,16 @@ fn the_prefix_example_shows_the_defaults() {
         ))
     );
 }
+
+/// `routes/cache.example.toml` caches per tenant with the lifetimes its comments give.
+#[test]
+fn the_cache_example_caches_per_tenant() {
+    use switchyard::config::policy::{CacheRequests, CacheScope};
+    let text = include_str!("../routes/cache.example.toml");
+    let policy = switchyard::config::parse_policy(text).expect("valid");
+    let cache = policy.routes[0].cache.as_ref().expect("the route caches");
+    assert_eq!(cache.scope, CacheScope::ApiKey);
+    assert_eq!(cache.requests, CacheRequests::Deterministic);
+    assert_eq!((cache.ttl.as_secs(), cache.max_ttl.as_secs()), (300, 3600));
+    assert_eq!(policy.cache.max_bytes, 256 * 1024 * 1024);
+}

@@ -64,7 +64,7 @@ struct SuiteArgs {
     /// The markdown report (suite only).
     #[arg(long, default_value = "BENCHMARKS.md")]
     markdown: PathBuf,
-    /// Run only these scenarios (numbers 1-9, comma separated).
+    /// Run only these scenarios (numbers 1-10, comma separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u8>,
 }

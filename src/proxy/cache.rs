@@ -135,6 +135,8 @@ pub(super) async fn before_upstream(
     let mut flight = None;
     if lookup {
         if let Some((answer, layer)) = cache.lookup(key, include_usage).await {
+            // Counted before the answer goes out: whoever saw the hit sees it counted.
+            stats.hit(layer, answer.cost_usd);
             write_hit(
                 session,
                 ctx,
@@ -145,7 +147,6 @@ pub(super) async fn before_upstream(
                 charge,
             )
             .await?;
-            stats.hit(layer, answer.cost_usd);
             return Ok(Step::Served);
         }
         match cache.join(key) {
@@ -156,6 +157,7 @@ pub(super) async fn before_upstream(
                     tokio::time::timeout(cache.single_flight_wait(), flight::wait(rx)).await;
                 if let Ok(Some(answer)) = waited {
                     if answer.serves(include_usage) {
+                        stats.hit(Layer::Flight, answer.cost_usd);
                         write_hit(
                             session,
                             ctx,
@@ -166,7 +168,6 @@ pub(super) async fn before_upstream(
                             charge,
                         )
                         .await?;
-                        stats.hit(Layer::Flight, answer.cost_usd);
                         return Ok(Step::Served);
                     }
                 }

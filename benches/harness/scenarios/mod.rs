@@ -18,6 +18,7 @@ use crate::targets::{
 };
 use crate::Result;
 
+mod cache;
 mod cost;
 mod cpu;
 mod ladder;
@@ -381,7 +382,7 @@ pub fn main(opts: Options) -> Result<()> {
     };
 
     type Scenario = fn(&Ctx) -> Result<ScenarioResult>;
-    let all: [(u8, Scenario); 9] = [
+    let all: [(u8, Scenario); 10] = [
         (1, latency::added_latency),
         (2, cpu::cpu_per_request),
         (3, ladder::throughput_ladder),
@@ -391,6 +392,7 @@ pub fn main(opts: Options) -> Result<()> {
         (7, shadow::shadow),
         (8, cost::cost_routing),
         (9, prefix::prefix_affinity),
+        (10, cache::cache_hits),
     ];
     let mut results = Results::new(&opts, &ctx.env);
     for (id, scenario) in all {
