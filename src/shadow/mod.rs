@@ -28,6 +28,7 @@ use crate::config::{BackendSpec, PolicySnapshot, ShadowSpec};
 use crate::routing::{rewrite_model, RequestFacts, BUCKETS};
 use crate::upstream::{
     attempt, release, upstream_request, AttemptError, ResponseCapture, UpstreamPool,
+    CREDENTIAL_HEADERS,
 };
 use samples::SampleSpec;
 
@@ -82,6 +83,11 @@ impl ShadowJob {
         };
         let mut request = upstream_request(client_request, &backend, body.len(), None).ok()?;
         request.insert_header(SHADOW_HEADER, "1").ok()?;
+        if !(spec.copy_credentials || backend.trusted) {
+            for name in CREDENTIAL_HEADERS {
+                request.remove_header(name);
+            }
+        }
         let (tx, rx) = oneshot::channel();
         Some((
             ShadowJob {
