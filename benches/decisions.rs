@@ -13,6 +13,7 @@
 //!   `routes/budgets.example.toml` without its `[redis]` (three budgets and a rate limit: two
 //!   SHA-256 of the scope values, four counters read from the local cache, the verdict, the
 //!   request counted).
+//! - `guardrails/*`: recording one request's figures into its guardrail window.
 //!
 //! Run: `cargo bench --bench decisions`. The load harness (`switchyard-bench`)
 //! measures the whole request; these isolate the pure parts of it.
@@ -218,5 +219,43 @@ fn budget(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, facts, decisions, tier, policy, budget);
+/// Recording one finished request into its guardrail window: a plain answer, and a stream with
+/// 64 inter-token gaps (each gap is one histogram sample). Budget: 2 µs per request.
+fn guardrails(c: &mut Criterion) {
+    use std::time::Duration;
+    use switchyard::guardrails::{OutcomeClass, RequestFigures, Series, WindowConfig};
+    let series = Series::new(WindowConfig::default());
+    static GAPS: [Duration; 64] = [Duration::from_millis(21); 64];
+    let figures = |gaps: &'static [Duration]| RequestFigures {
+        outcome: OutcomeClass::Success,
+        latency: Duration::from_millis(1_450),
+        ttfb: Some(Duration::from_millis(80)),
+        ttft: Some(Duration::from_millis(95)),
+        inter_token: gaps,
+        output_tokens: Some(65),
+        cost_usd: Some(0.000_412),
+        fallback: false,
+        content_filter: false,
+        refusal: false,
+    };
+    let mut g = c.benchmark_group("guardrails");
+    let mut now = 0u64;
+    g.bench_function("record_plain", |b| {
+        let f = figures(&[]);
+        b.iter(|| {
+            now += 1;
+            series.record(now, std::hint::black_box(&f))
+        })
+    });
+    g.bench_function("record_stream_64_gaps", |b| {
+        let f = figures(&GAPS);
+        b.iter(|| {
+            now += 1;
+            series.record(now, std::hint::black_box(&f))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, facts, decisions, tier, policy, budget, guardrails);
 criterion_main!(benches);

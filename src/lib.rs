@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod cost;
 pub mod error;
+pub mod guardrails;
 pub mod metrics;
 pub mod proxy;
 pub mod redis;

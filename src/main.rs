@@ -99,6 +99,22 @@ enum Command {
         #[command(subcommand)]
         verb: CacheVerb,
     },
+    /// Show the guardrails: window figures per route/arm/backend, rule verdicts, rollouts.
+    Guardrails {
+        /// Window of the figures, e.g. 60s or 15m.
+        #[arg(long)]
+        window: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Drive a route's progressive rollout: pause, resume, promote (to 100 %) or abort.
+    Rollout {
+        route: String,
+        #[arg(value_parser = ["pause", "resume", "promote", "abort"])]
+        verb: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Run a simulated OpenAI-compatible model server (latency model, prefix KV cache, fault
     /// injection) for demos, tests and benches.
     Sim(switchyard::sim::SimArgs),
@@ -178,6 +194,30 @@ fn main() -> ExitCode {
                 None => "/admin/cache".to_owned(),
             };
             admin(&target, "DELETE", &path, None, true)
+        }
+        Command::Guardrails { window, target } => {
+            let path = match window {
+                Some(w) => format!(
+                    "/admin/guardrails?window={}",
+                    url::form_urlencoded::byte_serialize(w.as_bytes()).collect::<String>()
+                ),
+                None => "/admin/guardrails".to_owned(),
+            };
+            admin(&target, "GET", &path, None, false)
+        }
+        Command::Rollout {
+            route,
+            verb,
+            target,
+        } => {
+            let route: String = url::form_urlencoded::byte_serialize(route.as_bytes()).collect();
+            admin(
+                &target,
+                "POST",
+                &format!("/admin/rollout/{route}/{verb}"),
+                None,
+                true,
+            )
         }
         Command::Sim(args) => match switchyard::sim::run(args) {
             Ok(()) => ExitCode::SUCCESS,

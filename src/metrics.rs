@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::guardrails::{Clock, Dist, WindowConfig, Windows, OUTCOMES};
 use crate::shadow::ShadowStats;
 use crate::telemetry::attempts::AttemptRegistry;
 use crate::telemetry::prefix::PrefixStats;
@@ -25,7 +26,21 @@ pub const BOUNDS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// A fixed-bucket histogram of durations.
+/// Bucket bounds (seconds) of the request duration histogram, as OpenTelemetry's GenAI
+/// conventions advise for `gen_ai.client.operation.duration`.
+pub const DURATION_BOUNDS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+/// Bucket bounds (seconds) for time to first token (and first byte).
+pub const TTFT_BOUNDS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// Bucket bounds (seconds) for the time per output token.
+pub const TPOT_BOUNDS: [f64; 13] = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+
+/// A fixed-bucket histogram of durations (the cache's lookup latencies).
 #[derive(Default)]
 pub struct Histogram {
     buckets: [AtomicU64; BOUNDS.len()],
@@ -67,6 +82,24 @@ impl Histogram {
     }
 }
 
+/// Writes a Prometheus histogram of `h` (integer units, `scale` per second): each bucket counts
+/// the observations at or below its bound, to the histogram's precision.
+fn write_hdr(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    h: &hdrhistogram::Histogram<u64>,
+    scale: f64,
+) {
+    let cumulative: Vec<u64> = bounds
+        .iter()
+        .map(|b| h.count_between(0, (b * scale) as u64))
+        .collect();
+    let sum = h.mean() * h.len() as f64 / scale;
+    prom::histogram(out, name, labels, bounds, &cumulative, h.len(), sum);
+}
+
 /// Writes one histogram's samples: `cumulative[i]` counts observations ≤ `BOUNDS[i]`.
 pub(crate) fn write_histogram(
     out: &mut String,
@@ -86,8 +119,6 @@ pub struct ArmStats {
     pub client_errors: AtomicU64,
     pub errors: AtomicU64,
     pub in_flight: AtomicU64,
-    pub latency: Histogram,
-    pub ttft: Histogram,
 }
 
 /// Counts one request in its arm's in-flight gauge until dropped.
@@ -105,19 +136,20 @@ impl ArmStats {
         ArmInFlight(&self.in_flight)
     }
 
-    pub fn record(&self, outcome: Outcome, latency: Duration, ttft: Option<Duration>) {
+    /// Counts one request. Its durations go to the guardrail windows, which `/metrics`
+    /// exposes as histograms per backend too.
+    pub fn record(&self, outcome: Outcome) {
         self.requests.fetch_add(1, Relaxed);
         if outcome == Outcome::ClientError {
             self.client_errors.fetch_add(1, Relaxed);
         } else if outcome.is_backend_error() {
             self.errors.fetch_add(1, Relaxed);
         }
-        self.latency.record(latency);
-        if let Some(t) = ttft {
-            self.ttft.record(t);
-        }
     }
 }
+
+/// (route, rule, arm, kind) of a guardrail event.
+type GuardrailEventKey = (String, String, String, &'static str);
 
 /// Every route/arm series the process has seen, plus the gateway-wide counters.
 #[derive(Default)]
@@ -134,9 +166,33 @@ pub struct Metrics {
     pub usage: UsageRegistry,
     /// Attempts per backend, fallbacks and retry budgets per route.
     pub attempts: AttemptRegistry,
+    /// The guardrails' windowed histograms per route/arm/backend; also the source of the
+    /// latency, TTFB, TTFT and time-per-output-token histograms of `/metrics`.
+    pub windows: Windows,
+    /// The clock the windows are recorded and read on.
+    pub clock: Clock,
+    /// Guardrail events by (route, rule, arm, kind): alerts and actions taken.
+    guardrail_events: Mutex<BTreeMap<GuardrailEventKey, u64>>,
 }
 
 impl Metrics {
+    /// Metrics whose windows are cut as `config` says (the policy's `[guardrails]`).
+    pub fn with_windows(config: WindowConfig) -> Metrics {
+        Metrics {
+            windows: Windows::new(config),
+            ..Metrics::default()
+        }
+    }
+
+    /// Counts a guardrail event: `kind` is `alert`, `rollback` or `pause`.
+    pub fn record_guardrail(&self, route: &str, rule: &str, arm: &str, kind: &'static str) {
+        *self
+            .guardrail_events
+            .lock()
+            .entry((route.to_owned(), rule.to_owned(), arm.to_owned(), kind))
+            .or_default() += 1;
+    }
+
     /// The series of `route`/`arm`, created on first use. Called when a snapshot is built.
     pub fn arm(&self, route: &str, arm: &str) -> Arc<ArmStats> {
         self.arms
@@ -176,6 +232,93 @@ impl Metrics {
     /// Counts a request the gateway refused before any backend saw it.
     pub fn record_rejected(&self, code: &'static str) {
         *self.rejected.lock().entry(code).or_default() += 1;
+    }
+
+    /// The duration histograms per route/arm/backend, derived from the guardrail windows'
+    /// cumulative data, and the outcome and guardrail counters.
+    fn render_windows(&self, out: &mut String) {
+        let series: Vec<_> = self
+            .windows
+            .all()
+            .into_iter()
+            .map(|(k, s)| {
+                let labels = prom::labels(&[
+                    ("route", &k.route),
+                    ("arm", &k.arm),
+                    ("backend", &k.backend),
+                ]);
+                (labels, s.cumulative())
+            })
+            .collect();
+        for (name, help, dist, bounds) in [
+            (
+                "gen_ai_client_operation_duration_seconds",
+                "Time from request received to response complete, per route, arm and backend.",
+                Dist::Latency,
+                &DURATION_BOUNDS[..],
+            ),
+            (
+                "gen_ai_server_time_to_first_token_seconds",
+                "Time from the request sent upstream to the first streamed token.",
+                Dist::Ttft,
+                &TTFT_BOUNDS[..],
+            ),
+            (
+                "gen_ai_server_time_per_output_token_seconds",
+                "Time between successive streamed tokens (one observation per gap).",
+                Dist::InterToken,
+                &TPOT_BOUNDS[..],
+            ),
+            (
+                "switchyard_time_to_first_byte_seconds",
+                "Time from the request sent upstream to the backend's response header.",
+                Dist::Ttfb,
+                &TTFT_BOUNDS[..],
+            ),
+        ] {
+            prom::family(out, name, "histogram", help);
+            for (labels, data) in &series {
+                write_hdr(out, name, labels, bounds, data.hist(dist), dist.scale());
+            }
+        }
+        prom::family(
+            out,
+            "switchyard_request_outcomes_total",
+            "counter",
+            "Requests per route, arm and backend by outcome class.",
+        );
+        for (labels, data) in &series {
+            for o in OUTCOMES {
+                let n = data.outcome(o);
+                if n > 0 {
+                    prom::sample(
+                        out,
+                        "switchyard_request_outcomes_total",
+                        &format!("{labels},outcome=\"{}\"", o.as_str()),
+                        n,
+                    );
+                }
+            }
+        }
+        prom::family(
+            out,
+            "switchyard_guardrail_events_total",
+            "counter",
+            "Guardrail alerts and actions (alert, rollback, pause) per route, rule and arm.",
+        );
+        for ((route, rule, arm, kind), n) in self.guardrail_events.lock().iter() {
+            prom::sample(
+                out,
+                "switchyard_guardrail_events_total",
+                &prom::labels(&[
+                    ("route", route),
+                    ("rule", rule),
+                    ("arm", arm),
+                    ("kind", kind),
+                ]),
+                n,
+            );
+        }
     }
 
     /// The Prometheus text exposition of everything.
@@ -228,27 +371,7 @@ impl Metrics {
                 s.in_flight.load(Relaxed),
             );
         }
-        for (name, help, pick) in [
-            (
-                "switchyard_request_duration_seconds",
-                "Time from request received to response complete.",
-                (|s: &ArmStats| &s.latency) as fn(&ArmStats) -> &Histogram,
-            ),
-            (
-                "switchyard_time_to_first_byte_seconds",
-                "Time from request received to the first response body byte from the backend.",
-                |s: &ArmStats| &s.ttft,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for ((route, arm), s) in &arms {
-                pick(s).render(
-                    &mut out,
-                    name,
-                    &prom::labels(&[("route", route), ("arm", arm)]),
-                );
-            }
-        }
+        self.render_windows(&mut out);
         ShadowStats::render_all(&mut out, &self.shadows());
         let prefixes: Vec<_> = self
             .prefixes
@@ -304,18 +427,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
-        let h = Histogram::default();
-        h.record(Duration::from_micros(500));
-        h.record(Duration::from_millis(30));
-        h.record(Duration::from_secs(500));
-        let mut out = String::new();
-        h.render(&mut out, "x", "a=\"b\"");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"0.001\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"0.05\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"120\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+    fn duration_histograms_come_from_the_windows_per_backend() {
+        let m = Metrics::default();
+        let series = m.windows.series("chat\"x", "canary", "b\\1");
+        for ms in [0.5, 30.0, 500_000.0] {
+            series.record(
+                0,
+                &crate::guardrails::RequestFigures {
+                    outcome: Outcome::Success,
+                    latency: std::time::Duration::from_secs_f64(ms / 1e3),
+                    ttfb: None,
+                    ttft: None,
+                    inter_token: &[],
+                    output_tokens: None,
+                    cost_usd: None,
+                    fallback: false,
+                    content_filter: false,
+                    refusal: false,
+                },
+            );
+        }
+        let out = m.render();
+        let labels = r#"route="chat\"x",arm="canary",backend="b\\1""#;
+        for line in [
+            format!("gen_ai_client_operation_duration_seconds_bucket{{{labels},le=\"0.01\"}} 1\n"),
+            format!("gen_ai_client_operation_duration_seconds_bucket{{{labels},le=\"0.04\"}} 2\n"),
+            format!("gen_ai_client_operation_duration_seconds_bucket{{{labels},le=\"81.92\"}} 2\n"),
+            format!("gen_ai_client_operation_duration_seconds_bucket{{{labels},le=\"+Inf\"}} 3\n"),
+            format!("gen_ai_client_operation_duration_seconds_count{{{labels}}} 3\n"),
+            format!("switchyard_request_outcomes_total{{{labels},outcome=\"success\"}} 3\n"),
+        ] {
+            assert!(out.contains(&line), "missing {line:?} in\n{out}");
+        }
+        assert!(
+            !out.contains("switchyard_request_duration_seconds"),
+            "the old fixed-bucket family is gone"
+        );
     }
 
     /// The text format wants each family's samples in one group under one TYPE line.
@@ -323,8 +470,7 @@ mod tests {
     fn families_are_grouped() {
         let m = Metrics::default();
         for route in ["a", "b"] {
-            m.arm(route, "x")
-                .record(Outcome::Success, Duration::from_millis(1), None);
+            m.arm(route, "x").record(Outcome::Success);
             m.shadow(route);
         }
         m.record_rejected("invalid_json");
@@ -362,10 +508,8 @@ mod tests {
     #[test]
     fn series_survive_and_render() {
         let m = Metrics::default();
-        m.arm("chat", "canary")
-            .record(Outcome::ServerError, Duration::from_millis(3), None);
-        m.arm("chat", "canary")
-            .record(Outcome::Success, Duration::from_millis(3), None);
+        m.arm("chat", "canary").record(Outcome::ServerError);
+        m.arm("chat", "canary").record(Outcome::Success);
         m.record_rejected("model_not_found");
         let text = m.render();
         assert!(text.contains("switchyard_requests_total{route=\"chat\",arm=\"canary\"} 2"));

@@ -18,6 +18,7 @@ use crate::backends::BackendScraper;
 use crate::config::watch::PolicyFileWatcher;
 use crate::config::{FieldError, PolicyStore};
 use crate::cost::spend::SpendSync;
+use crate::guardrails::{GuardrailRuntime, GuardrailTask};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 
@@ -49,7 +50,11 @@ pub fn build(
     );
     proxy.add_tcp(&settings.listen.to_string());
 
-    let mut admin = Service::new("switchyard admin".to_owned(), AdminApp::new(store.clone()));
+    let guardrails = Arc::new(GuardrailRuntime::new(store.clone()));
+    let mut admin = Service::new(
+        "switchyard admin".to_owned(),
+        AdminApp::new(store.clone(), guardrails.clone()),
+    );
     admin.add_tcp(&settings.admin_listen.to_string());
     admin.threads = Some(1);
 
@@ -69,6 +74,12 @@ pub fn build(
             store: store.clone(),
         },
     ));
+    server.add_service(background_service(
+        "guardrail evaluator",
+        GuardrailTask {
+            runtime: guardrails,
+        },
+    ));
     if let Some(path) = policy_file {
         server.add_service(background_service(
             "policy file watcher",
@@ -84,9 +95,10 @@ pub fn build(
 
 /// Parses the policy and builds the store that backs a server.
 pub fn new_store(policy_text: &str) -> Result<Arc<PolicyStore>, Vec<FieldError>> {
+    let windows = crate::config::parse_policy(policy_text)?.guardrails.windows;
     Ok(Arc::new(PolicyStore::new(
         policy_text,
-        Arc::new(Metrics::default()),
+        Arc::new(Metrics::with_windows(windows)),
     )?))
 }
 

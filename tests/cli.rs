@@ -119,3 +119,44 @@ async fn admin_verbs_push_rollback_history_status() {
         "rolled back to v1's content"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_verbs_show_and_clear() {
+    let a = sim("a", &["m"], |_| {}).await;
+    let policy = server_section("")
+        + &backend("a", &a.url(), "")
+        + &route("r", &["m"], "none", &[("main", &["a"], 100.0)])
+        + "  [routes.cache]\n";
+    let gw = start_gateway(&policy);
+    let c = client();
+    let body = serde_json::json!({"model": "m", "temperature": 0, "max_tokens": 4,
+                                  "messages": [{"role": "user", "content": "cli"}]});
+    let _ = post_json(&c, &format!("{}/v1/chat/completions", gw.url()), &body).await;
+    let admin = gw.admin_url();
+    tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            let out = Command::new(BIN)
+                .args(args)
+                .env("SWITCHYARD_ADMIN", &admin)
+                .env("SWITCHYARD_ADMIN_TOKEN", TOKEN)
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        let (code, out) = run(&["cache", "show"]);
+        assert_eq!(code, Some(0), "{out}");
+        let shown: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        assert_eq!(shown["entries"], 1, "{out}");
+        assert_eq!(shown["routes"][0]["route"], "r", "{out}");
+        let (code, out) = run(&["cache", "clear", "--route", "r"]);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("\"removed\": 1"), "{out}");
+        let (_, out) = run(&["cache", "show"]);
+        assert!(out.contains("\"entries\": 0"), "{out}");
+    })
+    .await
+    .unwrap();
+}

@@ -7,6 +7,7 @@
 
 mod auth;
 mod backends;
+mod guardrails;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use serde_json::json;
 
 use crate::config::{HistoryEntry, PolicySource, PolicyStore, RollbackError};
 use crate::error::openai_error_body;
+use crate::guardrails::GuardrailRuntime;
 
 /// Counters listed per budget or rate limit by `/admin/spend` (the largest first): the page
 /// stays bounded however many keys spend.
@@ -29,11 +31,13 @@ pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
 
 pub struct AdminApp {
     store: Arc<PolicyStore>,
+    guardrails: Arc<GuardrailRuntime>,
 }
 
 impl AdminApp {
-    pub fn new(store: Arc<PolicyStore>) -> AdminApp {
-        AdminApp { store }
+    /// `guardrails` is the evaluator's runtime, shared with its background task.
+    pub fn new(store: Arc<PolicyStore>, guardrails: Arc<GuardrailRuntime>) -> AdminApp {
+        AdminApp { store, guardrails }
     }
 
     async fn route(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -90,6 +94,15 @@ impl AdminApp {
                 json_response(StatusCode::OK, &json!({"removed": removed, "route": route}))
             }
             (Method::GET, "/admin/backends") => backends::report(&self.store.current()),
+            (Method::GET, "/admin/guardrails") => {
+                guardrails::report(&self.store, &self.guardrails, &query)
+            }
+            (Method::POST, p) if p.starts_with("/admin/rollout/") => {
+                if let Err(denied) = auth::check(session, &self.store) {
+                    return *denied;
+                }
+                guardrails::rollout(&self.guardrails, &p["/admin/rollout/".len()..])
+            }
             (Method::PUT, "/admin/config") => {
                 if let Err(denied) = auth::check(session, &self.store) {
                     return *denied;
@@ -307,6 +320,7 @@ fn entry_json(e: &HistoryEntry, live: bool) -> serde_json::Value {
         "activated_at": humantime::format_rfc3339_seconds(e.activated_at).to_string(),
         "source": e.source.to_string(),
         "reason": e.reason,
+        "diff": e.diff,
         "content_hash": format!("{:016x}", e.snapshot.content_hash),
         "live": live,
     })

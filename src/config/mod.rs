@@ -11,5 +11,5 @@ pub mod watch;
 
 pub use policy::{BackendSpec, BackendTimeouts, Policy, RouteSpec, ServerSettings, ShadowSpec};
 pub use snapshot::PolicySnapshot;
-pub use store::{Applied, HistoryEntry, PolicySource, PolicyStore, RollbackError};
+pub use store::{policy_diff, Applied, HistoryEntry, PolicySource, PolicyStore, RollbackError};
 pub use validate::{parse_policy, FieldError};

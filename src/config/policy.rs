@@ -42,6 +42,16 @@ pub struct Policy {
     pub budgets: Vec<crate::cost::BudgetSpec>,
     /// `[[rate_limits]]`, in policy order.
     pub rate_limits: Vec<crate::cost::RateLimitSpec>,
+    pub guardrails: GuardrailSettings,
+}
+
+pub const DEFAULT_GUARDRAIL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `[guardrails]`: the windows' shape (bound at start-up) and the evaluator's pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardrailSettings {
+    pub windows: crate::guardrails::WindowConfig,
+    pub interval: Duration,
 }
 
 impl Policy {
@@ -132,12 +142,21 @@ pub struct RouteSpec {
     pub cache: Option<RouteCacheSpec>,
     /// How the chosen arm's backends are ordered.
     pub balance: Balance,
+    /// Index of the arm canaries are compared with and rolled back to.
+    pub champion: usize,
+    pub guardrails: Vec<crate::guardrails::GuardrailRule>,
+    pub rollout: Option<crate::guardrails::RolloutSpec>,
+    /// Lower-cased phrases; an answer containing one counts as a refusal.
+    pub refusal_patterns: Vec<String>,
     /// Which tier a request starts from, and how far candidates may move.
     pub tiering: TierPlan,
     /// Indexes of routes tried after this one's own candidates.
     pub fallback_routes: Vec<usize>,
     pub retry: RetryPolicy,
 }
+
+/// Longest refusal phrase: answers are matched on their first bytes only (bounded capture).
+pub const MAX_REFUSAL_PATTERN_BYTES: usize = 256;
 
 pub const DEFAULT_SHADOW_MAX_INFLIGHT: u64 = 32;
 pub const DEFAULT_SHADOW_TIMEOUT_MS: u64 = 60_000;

@@ -30,6 +30,7 @@ pub struct RawPolicy {
     pub rate_limits: Vec<RawRateLimit>,
     /// `[cache]`: settings of the response cache shared by every route.
     pub cache: Option<RawCache>,
+    pub guardrails: Option<RawGuardrailSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +90,60 @@ pub struct RawRouteCache {
     pub ignore_fields: Vec<String>,
     /// Whether a hit is billed like the upstream answer it replays (default: free).
     pub charge_hits: Option<bool>,
+}
+
+/// `[guardrails]`: how the windows are cut and how often the evaluator runs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuardrailSettings {
+    /// Width of one time slice (`"10s"`); bound at start-up.
+    pub slice: Option<String>,
+    /// How long slices are kept (`"15m"`): the longest window a rule may use; bound at start-up.
+    pub span: Option<String>,
+    /// How often rules are evaluated and rollouts stepped (`"5s"`).
+    pub interval: Option<String>,
+}
+
+/// A number, or text such as `"800ms"`, `"p95"` or `"5%"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RawFigure {
+    Number(f64),
+    Text(String),
+}
+
+/// One `[[routes.guardrails]]` rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuardrail {
+    pub name: Option<String>,
+    pub metric: String,
+    /// `"p95"` or `0.95`; distributions only.
+    pub quantile: Option<RawFigure>,
+    pub window: String,
+    pub max: Option<RawFigure>,
+    pub max_ratio: Option<f64>,
+    /// For `output_tps`, where more is better.
+    pub min: Option<RawFigure>,
+    pub min_ratio: Option<f64>,
+    pub confidence: Option<f64>,
+    pub min_requests: Option<u64>,
+    pub consecutive: Option<u64>,
+    pub action: Option<String>,
+    pub arm: Option<String>,
+}
+
+/// `[routes.rollout]`: an arm ramped step by step while its guardrails hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub arm: String,
+    /// Weights in percent, ascending, the last 100.
+    pub steps: Vec<f64>,
+    /// Time at each step before the next (`"10m"`).
+    pub bake: String,
+    /// Names of the route's guardrails that must pass to advance (default: all of them).
+    pub require: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,6 +233,15 @@ pub struct RawRoute {
     pub balance: Option<String>,
     /// The knobs of `balance = "prefix"`.
     pub prefix: Option<RawPrefix>,
+    /// The arm canaries are compared with and rolled back to (default: the first arm of the
+    /// active set).
+    pub champion: Option<String>,
+    #[serde(default)]
+    pub guardrails: Vec<RawGuardrail>,
+    pub rollout: Option<RawRollout>,
+    /// Case-insensitive phrases that mark an answer as a refusal (`refusal_rate`).
+    #[serde(default)]
+    pub refusal_patterns: Vec<String>,
     /// Tier a request matching no tier rule starts from (default: the cheapest).
     pub default_tier: Option<String>,
     /// Honour the client's `x-switchyard-tier` header.

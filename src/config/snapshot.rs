@@ -10,6 +10,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::policy::{Policy, RouteSpec};
 use crate::backends::{BackendLoad, LoadRegistry, PrefixIndex};
+use crate::guardrails::SeriesHandles;
 use crate::metrics::{ArmStats, Metrics};
 use crate::routing::candidates::expected_cost;
 use crate::routing::{BackendView, RequestFacts, ScrapeView};
@@ -45,6 +46,8 @@ pub struct PolicySnapshot {
     pub backend_attempts: Vec<Arc<BackendAttempts>>,
     /// Token and cost series, resolved on first use.
     pub usage: UsageHandles,
+    /// Guardrail windows per (route, arm, backend), resolved on first use.
+    pub windows: SeriesHandles,
     model_index: HashMap<String, usize>,
 }
 
@@ -104,6 +107,7 @@ impl PolicySnapshot {
             route_retries,
             backend_attempts,
             usage: UsageHandles::default(),
+            windows: SeriesHandles::default(),
             shadow_stats,
             prefix_stats,
             prefix_index: prefix_index.clone(),

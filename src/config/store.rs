@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use super::snapshot::{content_hash, PolicySnapshot};
-use super::validate::{check_swap, parse_policy, FieldError};
+use super::validate::{check_swap, check_windows_swap, parse_policy, FieldError};
 use crate::backends::{LoadRegistry, PrefixIndex};
 use crate::cache::ResponseCache;
 use crate::cost::SpendLedger;
@@ -26,6 +26,10 @@ pub enum PolicySource {
     File,
     Api,
     Rollback,
+    /// A guardrail rule took its action (`rollback`).
+    Guardrail,
+    /// A progressive rollout stepped, completed, or was promoted or aborted by an operator.
+    Rollout,
 }
 
 impl fmt::Display for PolicySource {
@@ -35,6 +39,8 @@ impl fmt::Display for PolicySource {
             PolicySource::File => "file",
             PolicySource::Api => "api",
             PolicySource::Rollback => "rollback",
+            PolicySource::Guardrail => "guardrail",
+            PolicySource::Rollout => "rollout",
         })
     }
 }
@@ -46,7 +52,31 @@ pub struct HistoryEntry {
     pub activated_at: SystemTime,
     pub source: PolicySource,
     pub reason: String,
+    /// Line diff of the policy text against the version before it (empty for the first).
+    pub diff: String,
     pub snapshot: Arc<PolicySnapshot>,
+}
+
+/// Most bytes of one version's diff kept in the history; a longer diff is cut and says so.
+pub const MAX_DIFF_BYTES: usize = 16 * 1024;
+
+/// A unified line diff of two policy texts (three lines of context), bounded.
+pub fn policy_diff(before: &str, after: &str) -> String {
+    let diff = similar::TextDiff::from_lines(before, after);
+    let mut out = diff
+        .unified_diff()
+        .context_radius(3)
+        .header("previous", "this version")
+        .to_string();
+    if out.len() > MAX_DIFF_BYTES {
+        let mut end = MAX_DIFF_BYTES;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push_str("\n… (diff cut at 16 KiB)\n");
+    }
+    out
 }
 
 /// The result of an accepted change.
@@ -110,6 +140,7 @@ impl PolicyStore {
             activated_at: SystemTime::now(),
             source: PolicySource::Startup,
             reason: "initial policy".to_owned(),
+            diff: String::new(),
             snapshot: snapshot.clone(),
         };
         Ok(PolicyStore {
@@ -183,6 +214,7 @@ impl PolicyStore {
         }
         let policy = parse_policy(text)?;
         check_swap(&running.policy, &policy)?;
+        check_windows_swap(&running.policy.guardrails, &policy.guardrails)?;
         let version = inner.next_version;
         let limit = policy.server.history_limit;
         let snapshot = Arc::new(PolicySnapshot::build(
@@ -199,6 +231,7 @@ impl PolicyStore {
             activated_at: SystemTime::now(),
             source,
             reason: reason.to_owned(),
+            diff: policy_diff(&running.source, text),
             snapshot: snapshot.clone(),
         });
         while inner.history.len() > limit {
@@ -353,6 +386,13 @@ mod tests {
         let entry = s.history().pop().unwrap();
         assert_eq!(entry.source, PolicySource::Rollback);
         assert_eq!(entry.reason, "rollback to version 2");
+        assert!(
+            entry
+                .diff
+                .contains("-              weight = 50\n+              weight = 10\n"),
+            "{}",
+            entry.diff
+        );
         // history_limit = 3 keeps versions 2..=4; version 1 has aged out.
         assert!(matches!(
             s.rollback(Some(1)),

@@ -136,7 +136,7 @@ pub(super) async fn before_upstream(
     if lookup {
         if let Some((answer, layer)) = cache.lookup(key, include_usage).await {
             // Counted before the answer goes out: whoever saw the hit sees it counted.
-            stats.hit(layer, answer.cost_usd);
+            stats.hit(layer, saved(&answer, charge));
             write_hit(
                 session,
                 ctx,
@@ -157,7 +157,7 @@ pub(super) async fn before_upstream(
                     tokio::time::timeout(cache.single_flight_wait(), flight::wait(rx)).await;
                 if let Ok(Some(answer)) = waited {
                     if answer.serves(include_usage) {
-                        stats.hit(Layer::Flight, answer.cost_usd);
+                        stats.hit(Layer::Flight, saved(&answer, charge));
                         write_hit(
                             session,
                             ctx,
@@ -189,6 +189,15 @@ pub(super) async fn before_upstream(
         });
     }
     Ok(Step::Upstream)
+}
+
+/// What a hit spares the client: the upstream cost, unless the route bills hits anyway.
+fn saved(answer: &CachedAnswer, charge: bool) -> f64 {
+    if charge {
+        0.0
+    } else {
+        answer.cost_usd
+    }
 }
 
 /// Answers from `answer`: a plain body byte for byte with its content type, a stream event by

@@ -190,7 +190,11 @@ impl Gateway {
             base,
             connector: &self.connector,
             route: route_index,
-            keep_text: ctx.shadow_link.is_some(),
+            // Refusal patterns are matched on the answer's text, so the text is kept (bounded).
+            keep_text: ctx.shadow_link.is_some()
+                || !snapshot.policy.routes[route_index]
+                    .refusal_patterns
+                    .is_empty(),
         };
         // A client that leaves while the backend prepares its answer stops the exchange: the
         // upstream connection is dropped, which stops the backend generating for nobody.

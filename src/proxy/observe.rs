@@ -3,12 +3,31 @@
 //! same record here.)
 
 use crate::cost::SpendLedger;
+use crate::guardrails::RequestFigures;
 use crate::metrics::Metrics;
 use crate::shadow::ExchangeRecord;
 use crate::telemetry::usage::UsageKey;
 use crate::telemetry::Outcome;
+use crate::telemetry::RequestRecord;
 
 use super::ctx::RequestCtx;
+
+/// The figures the guardrail windows take from a finished record.
+fn figures(record: &RequestRecord) -> RequestFigures<'_> {
+    RequestFigures {
+        outcome: record.outcome,
+        latency: record.latency,
+        ttfb: record.ttfb,
+        // A plain answer's first body bytes are not a first token.
+        ttft: record.ttft.filter(|_| record.stream),
+        inter_token: &record.gaps,
+        output_tokens: record.usage.map(|u| u.completion_tokens),
+        cost_usd: Some(record.cost_usd).filter(|_| record.usage.is_some()),
+        fallback: record.fallbacks() > 0,
+        content_filter: record.content_filtered,
+        refusal: record.refusal,
+    }
+}
 
 /// Hands the finished record of `ctx` to every consumer.
 pub(super) fn request_ended(ctx: &mut RequestCtx, metrics: &Metrics, spend: &SpendLedger) {
@@ -45,7 +64,6 @@ pub(super) fn request_ended(ctx: &mut RequestCtx, metrics: &Metrics, spend: &Spe
             metrics.record_rejected(code);
         }
     }
-    snapshot.arm_stats[route][arm].record(record.outcome, record.latency, record.ttft);
     if let Some(admitted) = ctx.admitted.take() {
         // A failed request costs what its backend reported (the record's cost), else nothing.
         let usage = record.usage.unwrap_or_default();
@@ -56,6 +74,23 @@ pub(super) fn request_ended(ctx: &mut RequestCtx, metrics: &Metrics, spend: &Spe
             &policy.routes[route].name,
             record.tier.and_then(|t| policy.tier_name(t)).unwrap_or(""),
         );
+    }
+    snapshot.arm_stats[route][arm].record(record.outcome);
+    // A request no backend answered counts against the backend it last tried.
+    if let Some(backend) = record
+        .backend
+        .or_else(|| record.attempts.last().map(|a| a.backend))
+    {
+        let series = snapshot
+            .windows
+            .get((route, arm, backend), &metrics.windows, || {
+                (
+                    policy.routes[route].name.clone(),
+                    policy.routes[route].arms.arms()[arm].name.clone(),
+                    policy.backends[backend].name.clone(),
+                )
+            });
+        series.record(metrics.clock.now_ms(), &figures(record));
     }
     if let (Some(backend), Some(usage)) = (record.backend, record.usage) {
         let series = snapshot

@@ -240,6 +240,11 @@ fn settle(
     };
     record.usage = Some(usage);
     record.cost_usd = cost;
+    record.content_filtered = captured.content_filtered;
+    record.refusal = crate::guardrails::matches_refusal(
+        &x.snapshot.policy.routes[x.route].refusal_patterns,
+        captured.text.as_deref(),
+    );
     if x.keep_text {
         ctx.primary_text = captured.text;
     }

@@ -90,6 +90,11 @@ pub struct SimArgs {
     #[arg(long)]
     pub stream_error_after: Option<u32>,
 
+    /// Begin every answer with this text (as its first streamed token): a model that refuses,
+    /// for refusal-pattern guardrails.
+    #[arg(long)]
+    pub refusal: Option<String>,
+
     /// Model requests in flight beyond this get 429 (OpenAI error shape).
     #[arg(long)]
     pub max_concurrency: Option<usize>,

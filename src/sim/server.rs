@@ -200,6 +200,7 @@ struct SimState {
     models: Vec<String>,
     name: HeaderValue,
     seed: u64,
+    refusal: Option<Arc<str>>,
     max_output_tokens: u32,
     embedding_dim: u32,
     kv_block_tokens: u32,
@@ -233,6 +234,7 @@ impl SimState {
             models: args.models.clone(),
             name,
             seed: args.seed,
+            refusal: args.refusal.as_deref().map(Arc::from),
             max_output_tokens: args.max_output_tokens,
             embedding_dim: args.embedding_dim,
             kv_block_tokens: args.kv_block_tokens,
@@ -419,12 +421,16 @@ impl SimState {
         let start = self.stall(arrived).await;
         if !generation.stream {
             sleep_until(start + plan.total()).await;
-            let text = completion_text(self.seed, &generation.prompt, completion_tokens);
+            let mut text = completion_text(self.seed, &generation.prompt, completion_tokens);
+            if let Some(refusal) = &self.refusal {
+                text.insert_str(0, refusal);
+            }
             return Ok(json_response(StatusCode::OK, meta.answer(&text, usage)));
         }
         let writer = SseWriter {
             script: Script::new(plan, generation.include_usage, self.faults.stream_fault),
             tokens: TokenStream::new(self.seed, &generation.prompt),
+            refusal: self.refusal.clone(),
             plan,
             usage,
             meta,
@@ -516,6 +522,8 @@ impl SimState {
 struct SseWriter {
     script: Script,
     tokens: TokenStream,
+    /// Sent as the first token's text instead of a generated word.
+    refusal: Option<Arc<str>>,
     plan: Plan,
     usage: Usage,
     meta: AnswerMeta,
@@ -532,7 +540,11 @@ impl SseWriter {
         sleep_until(self.start + due).await;
         let data = match event {
             Event::Token(index) => {
-                let token = self.tokens.next().unwrap_or_default();
+                let word = self.tokens.next().unwrap_or_default();
+                let token = match &self.refusal {
+                    Some(refusal) if index == 0 => refusal,
+                    _ => word,
+                };
                 let last = index + 1 == self.plan.completion_tokens;
                 self.meta.token_event(token, index == 0, last)
             }

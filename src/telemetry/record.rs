@@ -130,6 +130,10 @@ pub struct RequestRecord {
     /// What the request cost at the serving backend's price.
     pub cost_usd: f64,
     pub cache: CacheStatus,
+    /// A choice ended with `finish_reason: "content_filter"`.
+    pub content_filtered: bool,
+    /// The answer matched one of the route's refusal patterns.
+    pub refusal: bool,
     /// From `started` to the last byte written (set when the request ends).
     pub latency: Duration,
 }
@@ -154,6 +158,8 @@ impl RequestRecord {
             usage: None,
             cost_usd: 0.0,
             cache: CacheStatus::Off,
+            content_filtered: false,
+            refusal: false,
             latency: Duration::ZERO,
         }
     }

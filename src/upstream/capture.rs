@@ -1,7 +1,7 @@
 //! What the gateway learns from a response body as it relays it: whether a stream ended well,
 //! the usage figures, and — for mirrored requests — the generated text, all bounded.
 
-use super::sse::{SseScanner, Usage};
+use super::sse::{SseScanner, Usage, WireUsage};
 
 /// Most of a plain (JSON) answer kept to read its usage; a larger answer is relayed without
 /// its figures (its usage is then estimated).
@@ -29,6 +29,8 @@ pub struct Captured {
     pub data_events: u64,
     /// An SSE stream that ended without `[DONE]` or carried an error event.
     pub stream_failed: bool,
+    /// A choice ended with `finish_reason: "content_filter"`.
+    pub content_filtered: bool,
 }
 
 impl ResponseCapture {
@@ -86,6 +88,7 @@ impl ResponseCapture {
                 usage: sse.usage,
                 data_events: sse.data_events,
                 stream_failed,
+                content_filtered: sse.content_filtered,
             };
         }
         if self.json_overflow {
@@ -106,25 +109,21 @@ fn parse_json_answer(body: &[u8], keep_text: bool) -> Captured {
     struct Choice {
         message: Option<Message>,
         text: Option<String>,
+        finish_reason: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Message {
         content: Option<String>,
     }
-    #[derive(serde::Deserialize)]
-    struct WireUsage {
-        prompt_tokens: Option<u64>,
-        completion_tokens: Option<u64>,
-        prompt_tokens_details: Option<Details>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Details {
-        cached_tokens: Option<u64>,
-    }
     let Ok(answer) = serde_json::from_slice::<Answer>(body) else {
         return Captured::default();
     };
+    let content_filtered = answer
+        .choices
+        .iter()
+        .any(|c| c.finish_reason.as_deref() == Some("content_filter"));
     Captured {
+        content_filtered,
         text: if keep_text {
             answer
                 .choices
@@ -133,14 +132,7 @@ fn parse_json_answer(body: &[u8], keep_text: bool) -> Captured {
         } else {
             None
         },
-        usage: answer.usage.map(|u| Usage {
-            prompt_tokens: u.prompt_tokens.unwrap_or(0),
-            completion_tokens: u.completion_tokens.unwrap_or(0),
-            cached_tokens: u
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-        }),
+        usage: answer.usage.map(Usage::from),
         data_events: 0,
         stream_failed: false,
     }

@@ -39,6 +39,8 @@ pub struct SseScanner {
     pub content_events: u64,
     /// Events with data other than `[DONE]`.
     pub data_events: u64,
+    /// A choice ended with `finish_reason: "content_filter"` (a safety signal for guardrails).
+    pub content_filtered: bool,
 }
 
 impl SseScanner {
@@ -102,6 +104,7 @@ impl SseScanner {
             if self.text.is_some()
                 || memmem::find(data, b"\"error\"").is_some()
                 || memmem::find(data, b"\"usage\"").is_some()
+                || memmem::find(data, b"\"content_filter\"").is_some()
             {
                 self.inspect_json(data);
             }
@@ -120,26 +123,24 @@ impl SseScanner {
         struct Choice {
             delta: Option<Delta>,
             text: Option<String>,
+            finish_reason: Option<String>,
         }
         #[derive(serde::Deserialize)]
         struct Delta {
             content: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct WireUsage {
-            prompt_tokens: Option<u64>,
-            completion_tokens: Option<u64>,
-            prompt_tokens_details: Option<Details>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Details {
-            cached_tokens: Option<u64>,
         }
         let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
             return;
         };
         if chunk.error.is_some() {
             self.saw_error = true;
+        }
+        if chunk
+            .choices
+            .iter()
+            .any(|c| c.finish_reason.as_deref() == Some("content_filter"))
+        {
+            self.content_filtered = true;
         }
         if let Some(text) = self.text.as_mut() {
             let piece = chunk.choices.into_iter().find_map(|c| {
@@ -156,20 +157,39 @@ impl SseScanner {
             }
         }
         if let Some(u) = chunk.usage {
-            self.usage = Some(Usage {
-                prompt_tokens: u.prompt_tokens.unwrap_or(0),
-                completion_tokens: u.completion_tokens.unwrap_or(0),
-                cached_tokens: u
-                    .prompt_tokens_details
-                    .and_then(|d| d.cached_tokens)
-                    .unwrap_or(0),
-            });
+            self.usage = Some(u.into());
         }
     }
 
     /// The stream ended with `[DONE]` and carried no error event.
     pub fn succeeded(&self) -> bool {
         self.saw_done && !self.saw_error
+    }
+}
+
+/// `usage` as OpenAI-compatible servers write it, in plain answers and in a stream's usage chunk.
+#[derive(serde::Deserialize)]
+pub(super) struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<WireUsageDetails>,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct WireUsageDetails {
+    cached_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Usage {
+        Usage {
+            prompt_tokens: u.prompt_tokens.unwrap_or(0),
+            completion_tokens: u.completion_tokens.unwrap_or(0),
+            cached_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ mod balance;
 mod budget;
 mod cache;
 mod cost;
+mod guardrails;
 mod redis;
 mod route;
 mod server;
@@ -65,6 +66,7 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
     let mut errors = Errors::default();
     let server = server::validate_server(raw, &mut errors);
     let cache = cache::validate_cache(raw.cache.as_ref(), &mut errors);
+    let guardrails = guardrails::validate_settings(raw, &mut errors);
     let tiers = cost::validate_tiers(raw, &mut errors);
     let plans = cost::validate_plans(raw.plans.as_ref(), &mut errors);
 
@@ -124,7 +126,13 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
         let retry = cost::validate_retry(&format!("{path}.retry"), r.retry.as_ref(), &mut errors);
         let fallback_routes =
             cost::validate_fallbacks(&path, i, &r.fallback_routes, &route_index, &mut errors);
-        if let Some(mut route) = route::validate_route(&path, r, &backend_index, &mut errors) {
+        if let Some(mut route) = route::validate_route(
+            &path,
+            r,
+            &backend_index,
+            guardrails.windows.span,
+            &mut errors,
+        ) {
             route.tiering = tiering;
             route.retry = retry;
             route.fallback_routes = fallback_routes;
@@ -153,6 +161,7 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
             backends,
             routes,
             cache,
+            guardrails,
             redis,
             budgets,
             rate_limits,
@@ -211,6 +220,26 @@ pub fn check_swap(running: &Policy, next: &Policy) -> Result<(), Vec<FieldError>
     // The in-process cache is sized once; resizing it would mean dropping every entry.
     if running_cache.max_bytes != next_cache.max_bytes {
         errors.push("cache.max_bytes", restart);
+    }
+    if errors.0.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.0)
+    }
+}
+
+/// The windows are cut once at start-up: a new policy that changes their shape is refused.
+pub fn check_windows_swap(
+    running: &GuardrailSettings,
+    next: &GuardrailSettings,
+) -> Result<(), Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let restart = "cannot change while running; restart switchyard to apply it";
+    if running.windows.slice != next.windows.slice {
+        errors.push("guardrails.slice", restart);
+    }
+    if running.windows.span != next.windows.span {
+        errors.push("guardrails.span", restart);
     }
     if errors.0.is_empty() {
         Ok(())

@@ -12,6 +12,7 @@ pub(super) fn validate_route(
     path: &str,
     r: &RawRoute,
     backend_index: &HashMap<&str, usize>,
+    span: std::time::Duration,
     errors: &mut Errors,
 ) -> Option<RouteSpec> {
     let sticky = match StickyKey::parse(r.sticky.as_deref().unwrap_or("none")) {
@@ -126,6 +127,19 @@ pub(super) fn validate_route(
         .as_ref()
         .and_then(|c| super::cache::validate_route_cache(&format!("{path}.cache"), c, errors));
     let balance = super::balance::validate_balance(path, r, errors);
+    let champion = super::guardrails::validate_champion(path, r, errors);
+    let guardrails = super::guardrails::validate_rules(path, r, span, errors);
+    let rollout = r.rollout.as_ref().and_then(|ro| {
+        super::guardrails::validate_rollout(
+            &format!("{path}.rollout"),
+            ro,
+            r,
+            champion,
+            &guardrails,
+            errors,
+        )
+    });
+    let refusal_patterns = super::guardrails::validate_refusal_patterns(path, r, errors);
     Some(RouteSpec {
         name: r.name.clone(),
         models: r.models.clone(),
@@ -137,6 +151,10 @@ pub(super) fn validate_route(
         shadow,
         cache,
         balance: balance?,
+        champion,
+        guardrails,
+        rollout,
+        refusal_patterns,
         // Filled by the caller, which sees the policy's tiers and every route.
         tiering: Default::default(),
         fallback_routes: Vec::new(),
