@@ -9,7 +9,11 @@
 //! - `tier/*`: the tier decision on `routes/cost.example.toml` (three tier rules, an API-key
 //!   plan): the starting tier alone, and route + arm + tier + candidate order with it;
 //! - `policy/*`: TOML → validated `Policy`, and a full validate + swap
-//!   through `PolicyStore::apply`.
+//!   through `PolicyStore::apply`;
+//! - `budget/admit`: budget and rate-limit admission of one request on
+//!   `routes/budgets.example.toml` without its `[redis]` (three budgets and a rate limit: two
+//!   SHA-256 of the scope values, four counters read from the local cache, the verdict, the
+//!   request counted).
 //!
 //! Run: `cargo bench --bench decisions`. The load harness (`switchyard-bench`)
 //! measures the whole request; these isolate the pure parts of it.
@@ -184,6 +188,38 @@ fn policy(c: &mut Criterion) {
     g.finish();
 }
 
+fn budget(c: &mut Criterion) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/routes/budgets.example.toml"
+    ))
+    .expect("the budgets example");
+    // Local admission only: the bench has no Redis (and no runtime for its client).
+    let start = text.find("[redis]").expect("a [redis] section");
+    let end = start + text[start..].find("\n\n").expect("the section ends");
+    let text = format!("{}{}", &text[..start], &text[end..]);
+    let store = PolicyStore::new(&text, Arc::new(Metrics::default())).expect("valid");
+    let snapshot = store.current();
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", "Bearer sk-bench-key".parse().unwrap());
+    headers.insert("x-team-id", "team-bench".parse().unwrap());
+    let mut g = c.benchmark_group("budget");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("admit", |bench| {
+        bench.iter(|| {
+            let admitted = futures::executor::block_on(store.spend().admit(
+                &snapshot,
+                0,
+                &headers,
+                store.redis(),
+                std::time::SystemTime::now(),
+            ));
+            std::hint::black_box(admitted.is_ok())
+        })
+    });
+    g.finish();
+}
+
 /// The candidate order of a prefix-balanced route over four backends, with the prompt's prefix
 /// (a 2.4 KiB prompt: 37 blocks of 16 tokens) already sent to one of them: the prefix index
 /// lookups and the scoring a request on such a route adds to `decide`.
@@ -229,5 +265,5 @@ fn prefix(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, facts, decisions, prefix, tier, policy);
+criterion_group!(benches, facts, decisions, prefix, tier, policy, budget);
 criterion_main!(benches);

@@ -31,6 +31,17 @@ pub enum GatewayError {
     UpstreamTimeout(String),
     #[error("The backend failed: {0}")]
     UpstreamFailed(String),
+    #[error(
+        "You exceeded your current quota (budget `{budget}`); it renews in {retry_after} seconds."
+    )]
+    BudgetExceeded { budget: String, retry_after: u64 },
+    #[error("Rate limit reached for {what} per minute (limit `{limit}`); try again in {retry_after} seconds.")]
+    RateLimited {
+        limit: String,
+        /// `requests` or `tokens`: also the OpenAI error type.
+        what: &'static str,
+        retry_after: u64,
+    },
 }
 
 impl GatewayError {
@@ -44,6 +55,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTimeout(_) => 408,
             GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::BudgetExceeded { .. } | GatewayError::RateLimited { .. } => 429,
             GatewayError::UpstreamFailed(_) => 502,
             GatewayError::BackendsUnavailable { .. } | GatewayError::BackendsSaturated { .. } => {
                 503
@@ -68,10 +80,18 @@ impl GatewayError {
             GatewayError::BackendsSaturated { .. } => "backends_saturated",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamFailed(_) => "upstream_error",
+            GatewayError::BudgetExceeded { .. } => "insufficient_quota",
+            GatewayError::RateLimited { .. } => "rate_limit_exceeded",
         }
     }
 
     pub fn error_type(&self) -> &'static str {
+        // OpenAI's own types for quota and rate-limit answers, which client SDKs key on.
+        match self {
+            GatewayError::BudgetExceeded { .. } => return "insufficient_quota",
+            GatewayError::RateLimited { what, .. } => return what,
+            _ => {}
+        }
         if self.status() >= 500 {
             "server_error"
         } else {
@@ -79,9 +99,40 @@ impl GatewayError {
         }
     }
 
+    /// Seconds the client should wait before trying again (`Retry-After`), for refusals that
+    /// end when a window does.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::BudgetExceeded { retry_after, .. }
+            | GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     /// The JSON body sent to the client.
     pub fn body(&self) -> Bytes {
         openai_error_body(&self.to_string(), self.error_type(), self.code())
+    }
+}
+
+impl From<crate::cost::Refused> for GatewayError {
+    fn from(r: crate::cost::Refused) -> Self {
+        use crate::cost::budget::Refusal;
+        match r.refusal {
+            Refusal::Budget => GatewayError::BudgetExceeded {
+                budget: r.limit,
+                retry_after: r.retry_after,
+            },
+            Refusal::Requests | Refusal::Tokens => GatewayError::RateLimited {
+                limit: r.limit,
+                what: if r.refusal == Refusal::Requests {
+                    "requests"
+                } else {
+                    "tokens"
+                },
+                retry_after: r.retry_after,
+            },
+        }
     }
 }
 
@@ -129,5 +180,17 @@ mod tests {
             GatewayError::UpstreamTimeout("x".into()).error_type(),
             "server_error"
         );
+        let quota = GatewayError::BudgetExceeded {
+            budget: "daily".into(),
+            retry_after: 42,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&quota.body()).unwrap();
+        assert_eq!(
+            (quota.status(), quota.retry_after()),
+            (429, Some(42)),
+            "a spent budget is a 429 with Retry-After"
+        );
+        assert_eq!(v["error"]["code"], "insufficient_quota");
+        assert_eq!(v["error"]["type"], "insufficient_quota");
     }
 }

@@ -87,6 +87,12 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Show spend against every budget and rate limit (current windows, keys hashed) and spend
+    /// by route and tier.
+    Spend {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// The response cache: `show` (entries, bytes, hit ratio per route, Redis state) or
     /// `clear` (every in-process entry, or one route's with --route).
     Cache {
@@ -157,6 +163,7 @@ fn main() -> ExitCode {
         }
         Command::History { target } => admin(&target, "GET", "/admin/config/history", None, false),
         Command::Shadow { target } => admin(&target, "GET", "/admin/shadow", None, false),
+        Command::Spend { target } => admin(&target, "GET", "/admin/spend", None, false),
         Command::Cache {
             verb: CacheVerb::Show { target },
         } => admin(&target, "GET", "/admin/cache", None, false),

@@ -17,6 +17,7 @@ use crate::admin::AdminApp;
 use crate::backends::BackendScraper;
 use crate::config::watch::PolicyFileWatcher;
 use crate::config::{FieldError, PolicyStore};
+use crate::cost::spend::SpendSync;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 
@@ -54,6 +55,13 @@ pub fn build(
 
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(background_service(
+        "budget counters sync",
+        SpendSync {
+            ledger: store.spend().clone(),
+            redis: store.redis().clone(),
+        },
+    ));
     // Always running: it idles while the policy turns scraping off, and a swap may turn it on.
     server.add_service(background_service(
         "backend scraper",

@@ -328,16 +328,22 @@ async fn upstream_timeouts_and_errors() {
     let r = post_json(&c, &url, &chat("broken", "hi")).await;
     assert_eq!(r.status, 500);
     assert_eq!(r.header("x-switchyard-backend"), "broken");
-    let metrics = request(&c, "GET", &format!("{}/metrics", gw.admin_url()), &[], "").await;
-    let metrics = String::from_utf8_lossy(&metrics.body);
-    assert!(
-        metrics.contains("switchyard_request_errors_total{route=\"broken\",arm=\"a\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("switchyard_request_errors_total{route=\"slow\",arm=\"a\"} 1"),
-        "{metrics}"
-    );
+    // A request is counted in its logging hook, which runs just after the client has the
+    // answer: wait (bounded) for the count rather than race it.
+    let wanted = [
+        "switchyard_request_errors_total{route=\"broken\",arm=\"a\"} 1",
+        "switchyard_request_errors_total{route=\"slow\",arm=\"a\"} 1",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = request(&c, "GET", &format!("{}/metrics", gw.admin_url()), &[], "").await;
+        let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+        if wanted.iter().all(|w| metrics.contains(w)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{wanted:?} not in\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

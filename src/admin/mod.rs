@@ -20,6 +20,10 @@ use serde_json::json;
 use crate::config::{HistoryEntry, PolicySource, PolicyStore, RollbackError};
 use crate::error::openai_error_body;
 
+/// Counters listed per budget or rate limit by `/admin/spend` (the largest first): the page
+/// stays bounded however many keys spend.
+pub const MAX_SPEND_ROWS: usize = 1_000;
+
 /// Largest policy the API accepts.
 pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
 
@@ -63,6 +67,15 @@ impl AdminApp {
                 json_response(StatusCode::OK, &json!({"versions": entries}))
             }
             (Method::GET, "/admin/shadow") => self.shadow_report(),
+            (Method::GET, "/admin/spend") => json_response(
+                StatusCode::OK,
+                &self.store.spend().report(
+                    &self.store.current(),
+                    self.store.redis(),
+                    std::time::SystemTime::now(),
+                    MAX_SPEND_ROWS,
+                ),
+            ),
             (Method::GET, "/admin/cache") => {
                 json_response(StatusCode::OK, &self.store.cache().report())
             }
@@ -96,6 +109,8 @@ impl AdminApp {
                 | "/metrics"
                 | "/admin/config"
                 | "/admin/config/history"
+                | "/admin/shadow"
+                | "/admin/spend"
                 | "/admin/backends"
                 | "/admin/rollback"
                 | "/admin/cache",
@@ -116,6 +131,7 @@ impl AdminApp {
     fn metrics_text(&self) -> String {
         let mut out = self.store.metrics().render();
         self.store.redis().render(&mut out);
+        self.store.spend().render(&mut out);
         self.store.cache().render(&mut out);
         out
     }

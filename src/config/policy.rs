@@ -38,6 +38,10 @@ pub struct Policy {
     pub cache: CacheSettings,
     /// `[redis]`: absent means every shared counter and cache stays local to this process.
     pub redis: Option<crate::redis::RedisSettings>,
+    /// `[[budgets]]`, in policy order (admission checks them in this order).
+    pub budgets: Vec<crate::cost::BudgetSpec>,
+    /// `[[rate_limits]]`, in policy order.
+    pub rate_limits: Vec<crate::cost::RateLimitSpec>,
 }
 
 impl Policy {
@@ -88,6 +92,8 @@ pub struct BackendSpec {
     pub price: Option<Price>,
     pub max_inflight: u32,
     pub timeouts: BackendTimeouts,
+    /// May see clients' credentials in shadow copies.
+    pub trusted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -150,6 +156,8 @@ pub struct ShadowSpec {
     /// The whole shadow exchange, streaming included.
     pub timeout: Duration,
     pub mirror_streaming: bool,
+    /// The copy carries the client's credentials (`Authorization`, `Cookie`, `x-api-key`).
+    pub copy_credentials: bool,
     /// Optional JSONL file of sampled pairs.
     pub samples: Option<SampleSpec>,
 }

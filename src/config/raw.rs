@@ -22,8 +22,40 @@ pub struct RawPolicy {
     pub routes: Vec<RawRoute>,
     /// Shared state across replicas (budget counters, response cache, fleet policy).
     pub redis: Option<RawRedis>,
+    /// Spending caps in USD per API key, header value or route, per UTC window.
+    #[serde(default)]
+    pub budgets: Vec<RawBudget>,
+    /// Requests- and tokens-per-minute caps per API key or header value.
+    #[serde(default)]
+    pub rate_limits: Vec<RawRateLimit>,
     /// `[cache]`: settings of the response cache shared by every route.
     pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub name: String,
+    /// `api-key`, `header:NAME` or `route`.
+    pub scope: String,
+    /// `minute`, `hour`, `day` or `month` (UTC).
+    pub window: String,
+    pub limit_usd: f64,
+    /// `reject` (default) or `downgrade`.
+    pub action: Option<String>,
+    /// Route names it applies to; all routes when absent.
+    pub routes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub name: String,
+    /// `api-key` or `header:NAME`.
+    pub scope: String,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub routes: Option<Vec<String>>,
 }
 
 /// `[cache]`: the process-wide response cache.
@@ -100,6 +132,8 @@ pub struct RawBackend {
     pub first_byte_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub total_timeout_ms: Option<u64>,
+    /// The backend may see clients' credentials when it receives shadow copies (default false).
+    pub trusted: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +250,9 @@ pub struct RawRetry {
 pub struct RawShadow {
     pub backend: String,
     pub percent: f64,
+    /// Copy the client's `Authorization`, `Cookie`, `x-api-key` to the shadow (default: the
+    /// shadow backend's `trusted`).
+    pub copy_credentials: Option<bool>,
     /// Model name sent to the shadow backend (else the backend's own `model` rewrite applies).
     pub model: Option<String>,
     pub max_inflight: Option<u64>,

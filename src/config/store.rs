@@ -15,6 +15,7 @@ use super::snapshot::{content_hash, PolicySnapshot};
 use super::validate::{check_swap, parse_policy, FieldError};
 use crate::backends::{LoadRegistry, PrefixIndex};
 use crate::cache::ResponseCache;
+use crate::cost::SpendLedger;
 use crate::metrics::Metrics;
 use crate::redis::SharedRedis;
 
@@ -80,6 +81,8 @@ pub struct PolicyStore {
     metrics: Arc<Metrics>,
     /// Follows the running policy's `[redis]` (reconnects when a swap changes it).
     redis: Arc<SharedRedis>,
+    /// Budget and rate-limit counters; they outlive policy versions (a swap keeps the spend).
+    spend: Arc<SpendLedger>,
     /// The response cache, sized by the start-up policy's `[cache]`; kept across versions.
     cache: Arc<ResponseCache>,
 }
@@ -119,6 +122,7 @@ impl PolicyStore {
             prefix_index,
             metrics,
             redis,
+            spend: Arc::new(SpendLedger::new()),
             cache,
         })
     }
@@ -136,6 +140,11 @@ impl PolicyStore {
     /// running policy.
     pub fn redis(&self) -> &Arc<SharedRedis> {
         &self.redis
+    }
+
+    /// The budget and rate-limit counters (admission, recording, `/admin/spend`).
+    pub fn spend(&self) -> &Arc<SpendLedger> {
+        &self.spend
     }
 
     /// The process's response cache.

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crate::backends::InFlightGuard;
 use crate::config::PolicySnapshot;
+use crate::cost::Admitted;
 use crate::shadow::PrimaryLink;
 use crate::telemetry::RequestRecord;
 
@@ -20,6 +21,9 @@ pub struct RequestCtx {
     pub(super) shadow_link: Option<PrimaryLink>,
     /// The primary's generated text, kept only for a mirrored request's comparison.
     pub(super) primary_text: Option<String>,
+    /// The budget and rate-limit counters the request was admitted against; what it cost is
+    /// added to them when it ends.
+    pub(super) admitted: Option<Admitted>,
     /// Set on a cache miss whose answer may be stored; the relay records into it.
     pub(super) cache_fill: Option<super::cache::Fill>,
     /// `(matched, prompt)` prefix blocks of the answering backend, on prefix-balanced routes.
@@ -34,6 +38,7 @@ impl RequestCtx {
             in_flight: None,
             shadow_link: None,
             primary_text: None,
+            admitted: None,
             cache_fill: None,
             prefix_match: None,
         }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -83,6 +83,22 @@ impl Gateway {
         ctx.record.route = Some(route_index);
         let route = &snapshot.policy.routes[route_index];
         let headers = &session.req_header().headers;
+        // Budgets and rate limits, before anything is spent on the request (local counters;
+        // Redis only for a key this process has not seen in the window).
+        let admitted = self
+            .store
+            .spend()
+            .admit(
+                &snapshot,
+                route_index,
+                headers,
+                self.store.redis(),
+                SystemTime::now(),
+            )
+            .await
+            .map_err(GatewayError::from)?;
+        let downgrade = admitted.downgrade;
+        ctx.admitted = Some(admitted);
         let draws = {
             let mut rng = rand::rng();
             Draws {
@@ -120,13 +136,18 @@ impl Gateway {
         }
         let headers = &session.req_header().headers;
         let plan = plan_for(&snapshot, headers);
-        let start = start_tier(
-            &route.tiering,
-            &snapshot.policy.tiers,
-            &facts,
-            headers,
-            plan,
-        );
+        // A spent `downgrade` budget: the cheapest tier, whatever the rules would pick.
+        let start = if downgrade {
+            0
+        } else {
+            start_tier(
+                &route.tiering,
+                &snapshot.policy.tiers,
+                &facts,
+                headers,
+                plan,
+            )
+        };
         let now = Instant::now();
         let candidates = candidates(
             &snapshot,
@@ -172,8 +193,42 @@ impl Gateway {
             route: route_index,
             keep_text: ctx.shadow_link.is_some(),
         };
-        let committed = precommit(&exchange, ctx, &candidates, &mut on_sent).await?;
+        // A client that leaves while the backend prepares its answer stops the exchange: the
+        // upstream connection is dropped, which stops the backend generating for nobody.
+        let attempts = precommit(&exchange, ctx, &candidates, &mut on_sent);
+        let committed = match first_of(attempts, client_gone(session)).await {
+            Either::Left(committed) => committed?,
+            Either::Right(gone) => {
+                ctx.record.outcome = Outcome::ClientAbort;
+                return Err(Failure::Abort(gone));
+            }
+        };
         relay(session, ctx, &exchange, committed).await
+    }
+}
+
+enum Either<L, R> {
+    Left(L),
+    Right(R),
+}
+
+/// Whichever of `a` and `b` finishes first; the other is dropped (cancelled).
+async fn first_of<L, R>(
+    a: impl std::future::Future<Output = L>,
+    b: impl std::future::Future<Output = R>,
+) -> Either<L, R> {
+    tokio::select! {
+        l = a => Either::Left(l),
+        r = b => Either::Right(r),
+    }
+}
+
+/// Resolves when the client closes its connection (the request body is already read, so
+/// anything else on the socket is the client's going away). Never resolves otherwise.
+pub(super) async fn client_gone(session: &mut Session) -> Box<Error> {
+    match session.downstream_session.read_body_or_idle(true).await {
+        Err(e) => e,
+        Ok(_) => std::future::pending().await,
     }
 }
 
@@ -196,6 +251,19 @@ async fn write_json(session: &mut Session, status: u16, body: Bytes) -> pingora:
     let mut resp = ResponseHeader::build(status, Some(3))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// The gateway's own error answer, with `Retry-After` for refusals that end with a window.
+async fn write_error(session: &mut Session, e: &GatewayError) -> pingora::Result<()> {
+    let body = e.body();
+    let mut resp = ResponseHeader::build(e.status(), Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    if let Some(secs) = e.retry_after() {
+        resp.insert_header(header::RETRY_AFTER, secs.to_string())?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
@@ -229,7 +297,7 @@ impl ProxyHttp for Gateway {
                 if !session.is_body_done() {
                     session.set_keepalive(None);
                 }
-                write_json(session, e.status(), e.body()).await?;
+                write_error(session, &e).await?;
                 Ok(true)
             }
             Err(Failure::Abort(e)) => Err(e),
@@ -253,6 +321,6 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, _session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.in_flight.take();
         ctx.record.latency = ctx.record.started.elapsed();
-        observe::request_ended(ctx, self.store.metrics());
+        observe::request_ended(ctx, self.store.metrics(), self.store.spend());
     }
 }

@@ -2,6 +2,7 @@
 //! tokens and cost, the shadow comparison, the access log. (Budgets and guardrails read the
 //! same record here.)
 
+use crate::cost::SpendLedger;
 use crate::metrics::Metrics;
 use crate::shadow::ExchangeRecord;
 use crate::telemetry::usage::UsageKey;
@@ -10,7 +11,7 @@ use crate::telemetry::Outcome;
 use super::ctx::RequestCtx;
 
 /// Hands the finished record of `ctx` to every consumer.
-pub(super) fn request_ended(ctx: &mut RequestCtx, metrics: &Metrics) {
+pub(super) fn request_ended(ctx: &mut RequestCtx, metrics: &Metrics, spend: &SpendLedger) {
     let record = &ctx.record;
     let Some(snapshot) = ctx.snapshot.as_deref() else {
         return;
@@ -45,6 +46,17 @@ pub(super) fn request_ended(ctx: &mut RequestCtx, metrics: &Metrics) {
         }
     }
     snapshot.arm_stats[route][arm].record(record.outcome, record.latency, record.ttft);
+    if let Some(admitted) = ctx.admitted.take() {
+        // A failed request costs what its backend reported (the record's cost), else nothing.
+        let usage = record.usage.unwrap_or_default();
+        spend.record(
+            &admitted,
+            record.cost_usd,
+            usage.prompt_tokens + usage.completion_tokens,
+            &policy.routes[route].name,
+            record.tier.and_then(|t| policy.tier_name(t)).unwrap_or(""),
+        );
+    }
     if let (Some(backend), Some(usage)) = (record.backend, record.usage) {
         let series = snapshot
             .usage

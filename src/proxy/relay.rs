@@ -17,6 +17,7 @@ use pingora::{Error, ErrorType};
 use super::cache::CACHE_HEADER;
 use super::ctx::RequestCtx;
 use super::exchange::{Committed, Exchange};
+use super::gateway::client_gone;
 use super::Failure;
 use crate::cost::cost_usd;
 use crate::telemetry::{CacheStatus, Outcome, Usage};
@@ -75,7 +76,7 @@ pub(super) async fn relay(
     session
         .write_response_header(Box::new(down), false)
         .await
-        .map_err(|e| client_gone(ctx, e))?;
+        .map_err(|e| gone_failure(ctx, e))?;
     for chunk in buffered {
         if let Some(r) = recorder.as_mut() {
             r.feed(&chunk);
@@ -83,7 +84,7 @@ pub(super) async fn relay(
         session
             .write_response_body(Some(chunk), false)
             .await
-            .map_err(|e| client_gone(ctx, e))?;
+            .map_err(|e| gone_failure(ctx, e))?;
     }
 
     let deadline = sent_at + backend.timeouts.total;
@@ -94,7 +95,14 @@ pub(super) async fn relay(
                 .timeouts
                 .idle
                 .min(deadline.saturating_duration_since(Instant::now()));
-            match fast_timeout(wait, http.read_response_body()).await {
+            let read = tokio::select! {
+                read = fast_timeout(wait, http.read_response_body()) => read,
+                gone = client_gone(session) => {
+                    ctx.record.ttft = first_byte_at.map(|t| t.saturating_duration_since(sent_at));
+                    return Err(gone_failure(ctx, gone));
+                }
+            };
+            match read {
                 Ok(Ok(Some(chunk))) => {
                     let now = Instant::now();
                     first_byte_at.get_or_insert(now);
@@ -116,7 +124,7 @@ pub(super) async fn relay(
                         // also stops the backend generating for nobody.
                         ctx.record.ttft =
                             first_byte_at.map(|t| t.saturating_duration_since(sent_at));
-                        return Err(client_gone(ctx, e));
+                        return Err(gone_failure(ctx, e));
                     }
                 }
                 Ok(Ok(None)) => break None,
@@ -158,7 +166,7 @@ pub(super) async fn relay(
             session
                 .write_response_body(None, true)
                 .await
-                .map_err(|e| client_gone(ctx, e))?;
+                .map_err(|e| gone_failure(ctx, e))?;
             release(x.connector, http, &peer).await;
             if let Some((fill, recorder)) = fill {
                 let content_type = content_type.unwrap_or_default();
@@ -180,7 +188,7 @@ pub(super) async fn relay(
                 session
                     .write_response_body(Some(error_event(&message, code)), true)
                     .await
-                    .map_err(|e| client_gone(ctx, e))?;
+                    .map_err(|e| gone_failure(ctx, e))?;
                 Ok(())
             } else {
                 Err(Failure::Abort(Error::explain(
@@ -302,7 +310,7 @@ pub(super) fn format_usd(cost: f64) -> String {
 }
 
 /// The client went away (or its connection broke): the request ends here.
-fn client_gone(ctx: &mut RequestCtx, e: Box<Error>) -> Failure {
+fn gone_failure(ctx: &mut RequestCtx, e: Box<Error>) -> Failure {
     ctx.record.outcome = Outcome::ClientAbort;
     Failure::Abort(e)
 }

@@ -27,7 +27,9 @@ pub use stats::{ShadowSlot, ShadowStats};
 
 use crate::config::{BackendSpec, PolicySnapshot, ShadowSpec};
 use crate::routing::{rewrite_model, RequestFacts, BUCKETS};
-use crate::upstream::{attempt, release, upstream_request, AttemptError, ResponseCapture};
+use crate::upstream::{
+    attempt, release, upstream_request, AttemptError, ResponseCapture, CREDENTIAL_HEADERS,
+};
 use samples::SampleSpec;
 
 /// The header every mirrored request carries, so backends and their logs can tell copies apart.
@@ -81,6 +83,11 @@ impl ShadowJob {
         };
         let mut request = upstream_request(client_request, &backend, body.len(), None).ok()?;
         request.insert_header(SHADOW_HEADER, "1").ok()?;
+        if !(spec.copy_credentials || backend.trusted) {
+            for name in CREDENTIAL_HEADERS {
+                request.remove_header(name);
+            }
+        }
         let (tx, rx) = oneshot::channel();
         Some((
             ShadowJob {

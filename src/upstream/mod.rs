@@ -11,4 +11,7 @@ pub mod sse;
 
 pub use attempt::{attempt, release, Answer, AttemptError};
 pub use capture::{Captured, ResponseCapture};
-pub use request::{for_backend, is_hop_header, upstream_base, upstream_request};
+pub use request::{
+    for_backend, is_hop_header, upstream_base, upstream_request, CREDENTIAL_HEADERS,
+    GATEWAY_HEADER_PREFIX,
+};

@@ -145,5 +145,6 @@ pub(super) fn validate_backend(
         }),
         max_inflight: max_inflight.min(u64::from(u32::MAX)) as u32,
         timeouts,
+        trusted: b.trusted.unwrap_or(false),
     })
 }

@@ -10,6 +10,7 @@ use super::raw::RawPolicy;
 
 mod backend;
 mod balance;
+mod budget;
 mod cache;
 mod cost;
 mod redis;
@@ -135,6 +136,14 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
         .redis
         .as_ref()
         .and_then(|r| redis::validate_redis(r, &mut errors));
+    let route_index: HashMap<&str, usize> = raw
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), i))
+        .collect();
+    let budgets = budget::validate_budgets(raw, &route_index, &mut errors);
+    let rate_limits = budget::validate_rate_limits(raw, &route_index, &mut errors);
 
     if errors.0.is_empty() {
         Ok(Policy {
@@ -145,6 +154,8 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
             routes,
             cache,
             redis,
+            budgets,
+            rate_limits,
         })
     } else {
         Err(errors.0)

@@ -96,5 +96,7 @@ pub(super) fn validate_shadow(
         max_inflight: max_inflight.min(u64::from(u32::MAX)) as u32,
         timeout,
         mirror_streaming: s.mirror_streaming.unwrap_or(true),
+        // Resolved against the backend's `trusted` by the caller's view of the backends.
+        copy_credentials: s.copy_credentials.unwrap_or(false),
     })
 }
