@@ -304,5 +304,47 @@ fn prefix(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, facts, decisions, prefix, tier, policy, budget, guardrails);
+/// An L2 cache entry on its way to and from Redis: a 64-event stream (about 12 KiB as relayed),
+/// encoded with compression (the background fill) and decoded (an L2 hit).
+fn cache_l2(c: &mut Criterion) {
+    use bytes::Bytes;
+    use switchyard::cache::record::wire;
+    use switchyard::cache::{AnswerBody, CachedAnswer};
+    let events: Vec<Bytes> = (0..64)
+        .map(|i| {
+            Bytes::from(format!(
+                "data: {{\"id\":\"chatcmpl-{i}\",\"object\":\"chat.completion.chunk\",\"created\":1795846578,\"model\":\"llama-3.1-8b-instruct\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" token{}\"}},\"finish_reason\":null}}]}}\n\n",
+                i * 7919 % 1000
+            ))
+        })
+        .collect();
+    let answer = CachedAnswer {
+        route: "chat".into(),
+        arm: "champion".into(),
+        backend: "llama8b-a".into(),
+        stored_at_ms: 1,
+        ttl_ms: 300_000,
+        cost_usd: 0.000_2,
+        body: AnswerBody::Stream {
+            events,
+            usage_event: None,
+        },
+    };
+    let encoded = wire::encode(&answer);
+    eprintln!(
+        "cache_l2: a {}-byte answer is {} bytes in Redis",
+        answer.weight(),
+        encoded.len()
+    );
+    let mut g = c.benchmark_group("cache_l2");
+    g.bench_function("encode_stream_64", |b| {
+        b.iter(|| wire::encode(std::hint::black_box(&answer)))
+    });
+    g.bench_function("decode_stream_64", |b| {
+        b.iter(|| wire::decode(std::hint::black_box(&encoded)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, facts, decisions, prefix, tier, policy, budget, guardrails, cache_l2);
 criterion_main!(benches);
