@@ -28,10 +28,11 @@ struct Load {
 }
 
 /// Sends requests from `workers` loops until `done()` holds (checked every 100 ms) or
-/// `limit` passes. Returns what was seen and whether `done()` held.
+/// `limit` passes; worker `i` sends `bodies[i % bodies.len()]` (plain or streamed by its
+/// `stream` field). Returns what was seen and whether `done()` held.
 async fn drive(
     gw: &RunningGateway,
-    body: serde_json::Value,
+    bodies: &[serde_json::Value],
     workers: usize,
     limit: Duration,
     done: impl Fn() -> bool,
@@ -39,10 +40,11 @@ async fn drive(
     let load = Arc::new(Load::default());
     let stop = Arc::new(AtomicBool::new(false));
     let url = format!("{}/v1/chat/completions", gw.url());
-    let stream = body["stream"].as_bool() == Some(true);
     let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let (load, stop, url, body) = (load.clone(), stop.clone(), url.clone(), body.clone());
+        .map(|i| {
+            let body = bodies[i % bodies.len()].clone();
+            let stream = body["stream"].as_bool() == Some(true);
+            let (load, stop, url) = (load.clone(), stop.clone(), url.clone());
             tokio::spawn(async move {
                 let c = client();
                 while !stop.load(Ordering::Relaxed) {
@@ -157,7 +159,7 @@ async fn slow_canary_is_rolled_back_without_failing_a_request() {
 "#;
     let gw = start_gateway(&two_arm_policy(&v1.url(), &v2.url(), 30.0, rules));
     let started = Instant::now();
-    let (load, rolled_back) = drive(&gw, stream_chat("m"), 4, Duration::from_secs(40), || {
+    let (load, rolled_back) = drive(&gw, &[stream_chat("m")], 4, Duration::from_secs(40), || {
         !sourced(&gw, PolicySource::Guardrail).is_empty()
     })
     .await;
@@ -222,7 +224,7 @@ async fn healthy_canary_advances_through_every_step_to_completion() {
   bake = "1s"
 "#;
     let gw = start_gateway(&two_arm_policy(&v1.url(), &v2.url(), 0.0, rules));
-    let (load, completed) = drive(&gw, stream_chat("m"), 4, Duration::from_secs(60), || {
+    let (load, completed) = drive(&gw, &[stream_chat("m")], 4, Duration::from_secs(60), || {
         canary_weight(&gw) == 10_000
     })
     .await;
@@ -318,7 +320,7 @@ async fn mid_stream_error_events_are_caught_by_the_error_rate_rule() {
   action = "rollback"
 "#;
     let gw = start_gateway(&two_arm_policy(&v1.url(), &v2.url(), 30.0, rules));
-    let (load, rolled_back) = drive(&gw, stream_chat("m"), 4, Duration::from_secs(40), || {
+    let (load, rolled_back) = drive(&gw, &[stream_chat("m")], 4, Duration::from_secs(40), || {
         !sourced(&gw, PolicySource::Guardrail).is_empty()
     })
     .await;
@@ -364,7 +366,7 @@ async fn refusal_patterns_are_caught_by_the_refusal_rate_rule() {
     ) + &rules.lines().skip(2).collect::<Vec<_>>().join("\n");
     let gw = start_gateway(&policy);
     let body = chat("m", "tell me");
-    let (load, rolled_back) = drive(&gw, body, 4, Duration::from_secs(40), || {
+    let (load, rolled_back) = drive(&gw, &[body], 4, Duration::from_secs(40), || {
         !sourced(&gw, PolicySource::Guardrail).is_empty()
     })
     .await;
@@ -387,6 +389,77 @@ async fn refusal_patterns_are_caught_by_the_refusal_rate_rule() {
         .find(|s| s["arm"] == "champion")
         .unwrap();
     assert_eq!(champion["refusals"], 0, "{g}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_filtered_answers_are_caught_by_the_content_filter_rate_rule() {
+    let v1 = sim("v1", &["m"], |_| {}).await;
+    // Half the canary's answers, plain and streamed, end with `finish_reason: "content_filter"`.
+    let v2 = sim("v2", &["m"], |a| a.content_filter_rate = 0.5).await;
+    let rules = r#"
+  [[routes.guardrails]]
+  name = "filtered"
+  metric = "content_filter_rate"
+  window = "3s"
+  max = "20%"
+  min_requests = 10
+  consecutive = 2
+  action = "rollback"
+"#;
+    let gw = start_gateway(&two_arm_policy(&v1.url(), &v2.url(), 30.0, rules));
+    let bodies = [stream_chat("m"), chat("m", "tell me")];
+    let (load, rolled_back) = drive(&gw, &bodies, 4, Duration::from_secs(40), || {
+        !sourced(&gw, PolicySource::Guardrail).is_empty()
+    })
+    .await;
+    assert!(rolled_back, "not rolled back");
+    assert_eq!(
+        load.failed.load(Ordering::Relaxed),
+        0,
+        "a filtered answer is an answer, not a failure"
+    );
+    assert!(load.canary.load(Ordering::Relaxed) >= 10);
+    let entry = &sourced(&gw, PolicySource::Guardrail)[0];
+    assert!(
+        entry
+            .reason
+            .starts_with("guardrail filtered: canary content_filter_rate ")
+            && entry.reason.contains("% > 20% over 3 s, ")
+            && entry
+                .reason
+                .ends_with("; canary 30% → 0%, champion 70% → 100%"),
+        "{}",
+        entry.reason
+    );
+    assert_eq!(canary_weight(&gw), 0);
+    let history = admin_get(&gw, "/admin/config/history").await.json();
+    assert_eq!(history["versions"][0]["source"], "guardrail");
+    assert_eq!(history["versions"][0]["reason"], entry.reason.as_str());
+    // The champion's answers were never filtered, and its rule state never failed.
+    let g = admin_get(&gw, "/admin/guardrails").await.json();
+    let series = g["series"].as_array().unwrap();
+    let arm_figure = |arm: &str, field: &str| -> u64 {
+        series
+            .iter()
+            .filter(|s| s["arm"] == arm)
+            .map(|s| {
+                s[field]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{field} in {s}"))
+            })
+            .sum()
+    };
+    assert_eq!(arm_figure("champion", "content_filtered"), 0, "{g}");
+    assert!(arm_figure("champion", "requests") > 0, "{g}");
+    assert!(arm_figure("canary", "content_filtered") >= 1, "{g}");
+    // Plain and streamed requests keep being served by the champion.
+    let c = client();
+    let url = format!("{}/v1/chat/completions", gw.url());
+    for body in &bodies {
+        let reply = post_json(&c, &url, body).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("x-switchyard-arm"), "champion");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,7 +520,7 @@ async fn both_arms_degrading_trip_the_absolute_rule_not_the_relative_one() {
             .as_str()
             .is_some_and(|v| v != "inconclusive")
     };
-    let (load, held) = drive(&gw, stream_chat("m"), 6, Duration::from_secs(40), || {
+    let (load, held) = drive(&gw, &[stream_chat("m")], 6, Duration::from_secs(40), || {
         alerted() && judged()
     })
     .await;

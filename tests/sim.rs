@@ -715,6 +715,72 @@ async fn stream_error_after_sends_a_vllm_style_error_event() {
 }
 
 #[tokio::test]
+async fn content_filter_rate_ends_answers_with_content_filter() {
+    let all = start(SimArgs {
+        content_filter_rate: 1.0,
+        ..SimArgs::default()
+    })
+    .await;
+    let plain = post(&all, "/v1/chat/completions", &chat("filtered", 3)).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert_eq!(
+        plain.json()["choices"][0]["finish_reason"],
+        "content_filter"
+    );
+    let streamed = stream(
+        &all,
+        "/v1/chat/completions",
+        &with_stream(chat("filtered", 3), true),
+    )
+    .await;
+    let chunks = streamed.chunks();
+    let finishes: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .map(|c| &c["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finishes, vec!["content_filter"], "{chunks:?}");
+    assert_eq!(streamed.payloads().last(), Some(&"[DONE]"));
+
+    // A share: some answers filtered, the rest ending as usual, reproducibly under one seed.
+    async fn finishes_at_half(seed: u64) -> Vec<String> {
+        let half = start(SimArgs {
+            content_filter_rate: 0.5,
+            seed,
+            ..SimArgs::default()
+        })
+        .await;
+        let mut reasons = Vec::new();
+        for _ in 0..40 {
+            let reply = post(
+                &half,
+                "/v1/completions",
+                &json!({"model": "sim-model", "prompt": "p", "max_tokens": 1}),
+            )
+            .await;
+            reasons.push(
+                reply.json()["choices"][0]["finish_reason"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        reasons
+    }
+    let reasons = finishes_at_half(5).await;
+    let filtered = reasons.iter().filter(|r| *r == "content_filter").count();
+    let length = reasons.iter().filter(|r| *r == "length").count();
+    assert!((5..=35).contains(&filtered), "{reasons:?}");
+    assert_eq!(filtered + length, 40, "{reasons:?}");
+    assert_eq!(
+        reasons,
+        finishes_at_half(5).await,
+        "same seed, same answers"
+    );
+}
+
+#[tokio::test]
 async fn max_concurrency_rejects_beyond_the_limit() {
     let sim = start(SimArgs {
         max_concurrency: Some(1),

@@ -95,6 +95,12 @@ pub struct SimArgs {
     #[arg(long)]
     pub refusal: Option<String>,
 
+    /// Fraction (0..=1) of answers, plain and streamed, that end with
+    /// `finish_reason: "content_filter"` instead of `"length"`: a model whose safety filter cuts
+    /// answers off, for content-filter guardrails. Drawn per answer from `(--seed, n)`.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub content_filter_rate: f64,
+
     /// Model requests in flight beyond this get 429 (OpenAI error shape).
     #[arg(long)]
     pub max_concurrency: Option<usize>,
@@ -175,5 +181,7 @@ mod tests {
         assert!(Cli::try_parse_from(["sim", "--error-status", "200"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--kv-block-tokens", "0"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--error-rate", "0.25"]).is_ok());
+        assert!(Cli::try_parse_from(["sim", "--content-filter-rate", "-0.1"]).is_err());
+        assert!(Cli::try_parse_from(["sim", "--content-filter-rate", "1"]).is_ok());
     }
 }

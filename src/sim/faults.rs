@@ -1,7 +1,8 @@
 //! Fault injection by flag: injected error answers, a stall before the first
-//! token, and broken streams. The `--error-rate` draw for the n-th model
-//! request is a pure function of `(--seed, n)`, so a run with the same
-//! request order fails the same requests.
+//! token, broken streams, and answers cut off by a content filter. The
+//! `--error-rate` draw for the n-th model request (and the
+//! `--content-filter-rate` draw for the n-th answer) is a pure function of
+//! `(--seed, n)`, so a run with the same request order fails the same requests.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +23,10 @@ pub struct Faults {
     draws: AtomicU64,
     pub stall: Duration,
     pub stream_fault: Option<StreamFault>,
+    content_filter_rate: f64,
+    /// Answers drawn for `--content-filter-rate` so far; its own sequence, so
+    /// filtering does not shift which requests `--error-rate` fails.
+    filter_draws: AtomicU64,
 }
 
 impl Faults {
@@ -34,7 +39,19 @@ impl Faults {
             draws: AtomicU64::new(0),
             stall: Duration::from_millis(args.stall_ms),
             stream_fault: stream_fault(args.drop_after_events, args.stream_error_after),
+            content_filter_rate: args.content_filter_rate,
+            filter_draws: AtomicU64::new(0),
         }
+    }
+
+    /// Draws for the next answer: whether it ends with
+    /// `finish_reason: "content_filter"`.
+    pub fn content_filtered(&self) -> bool {
+        if self.content_filter_rate <= 0.0 {
+            return false;
+        }
+        let n = self.filter_draws.fetch_add(1, Ordering::Relaxed);
+        unit_draw(self.seed ^ FILTER_SEED_SALT, n) < self.content_filter_rate
     }
 
     /// Draws for the next model request: the status to fail it with, if any.
@@ -46,6 +63,10 @@ impl Faults {
         (unit_draw(self.seed, n) < self.error_rate).then_some(self.error_status)
     }
 }
+
+/// Separates the content-filter sequence from the error sequence under the same seed: with
+/// both rates at 0.5 they would otherwise pick exactly the same requests.
+const FILTER_SEED_SALT: u64 = 0x6A09_E667_F3BC_C908;
 
 /// With both stream faults configured, the one due first wins; on a tie
 /// the drop, the harsher failure.
@@ -115,6 +136,33 @@ mod tests {
             failures(&faults(0.5, 9), 200),
             failures(&faults(0.5, 10), 200)
         );
+    }
+
+    #[test]
+    fn content_filter_rate_is_roughly_honoured_and_independent_of_errors() {
+        let both = Faults::new(&SimArgs {
+            error_rate: 0.5,
+            content_filter_rate: 0.5,
+            seed: 3,
+            ..SimArgs::default()
+        });
+        let draws: Vec<(bool, bool)> = (0..10_000)
+            .map(|_| (both.injected_error().is_some(), both.content_filtered()))
+            .collect();
+        let filtered = draws.iter().filter(|(_, f)| *f).count();
+        assert!((4_700..5_300).contains(&filtered), "{filtered} of 10000");
+        let same = draws.iter().filter(|(e, f)| e == f).count();
+        assert!(
+            (4_700..5_300).contains(&same),
+            "the two draws agree on {same} of 10000: correlated"
+        );
+        let none = faults(0.0, 3);
+        assert!((0..1000).all(|_| !none.content_filtered()));
+        let all = Faults::new(&SimArgs {
+            content_filter_rate: 1.0,
+            ..SimArgs::default()
+        });
+        assert!((0..1000).all(|_| all.content_filtered()));
     }
 
     #[test]

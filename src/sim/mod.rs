@@ -27,6 +27,9 @@
 //!   `--tpot-ms`; a non-streaming answer waits for the last token.
 //! - Faults: `--error-rate`/`--error-status`, `--max-concurrency`,
 //!   `--stall-ms`, `--drop-after-events`, `--stream-error-after`.
+//! - Safety signals for guardrails: `--refusal TEXT` (every answer begins
+//!   with it) and `--content-filter-rate F` (that share of answers ends with
+//!   `finish_reason: "content_filter"`).
 //! - Every response carries `x-sim-name`.
 //!
 //! In process, [`SimServer::start`] runs one on the caller's tokio runtime

@@ -192,6 +192,7 @@ pub struct AnswerMeta {
     pub id: String,
     pub created: u64,
     pub model: String,
+    pub finish_reason: FinishReason,
 }
 
 /// Every generation body is this envelope; only the choices differ.
@@ -240,8 +241,22 @@ struct Delta<'a> {
     content: &'a str,
 }
 
-/// The sim always generates exactly the requested length.
-const FINISH_REASON: &str = "length";
+/// Why an answer ended: the sim always generates exactly the requested length, and says
+/// `content_filter` instead when `--content-filter-rate` drew the answer as filtered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    Length,
+    ContentFilter,
+}
+
+impl FinishReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::ContentFilter => "content_filter",
+        }
+    }
+}
 
 impl AnswerMeta {
     fn envelope<'a>(
@@ -271,10 +286,13 @@ impl AnswerMeta {
                         role: "assistant",
                         content: text,
                     },
-                    finish_reason: FINISH_REASON,
+                    finish_reason: self.finish_reason.as_str(),
                 },
             ),
-            Endpoint::Completion => ("text_completion", text_choice(text, Some(FINISH_REASON))),
+            Endpoint::Completion => (
+                "text_completion",
+                text_choice(text, Some(self.finish_reason.as_str())),
+            ),
         };
         to_json(&self.envelope(object, &[choice], Some(usage)))
     }
@@ -282,7 +300,7 @@ impl AnswerMeta {
     /// The SSE event carrying one token; the first chat chunk also names the
     /// role, the last carries the finish reason.
     pub fn token_event(&self, token: &str, first: bool, last: bool) -> Bytes {
-        let finish_reason = last.then_some(FINISH_REASON);
+        let finish_reason = last.then_some(self.finish_reason.as_str());
         let choice = match self.endpoint {
             Endpoint::Chat => Choice::Delta {
                 index: 0,
@@ -429,6 +447,7 @@ mod tests {
             id: "x-1".into(),
             created: 7,
             model: "m".into(),
+            finish_reason: FinishReason::Length,
         }
     }
 
@@ -492,6 +511,26 @@ mod tests {
         assert_eq!(last["choices"][0]["delta"], json!({"content": " end"}));
         assert_eq!(last["choices"][0]["finish_reason"], "length");
         assert!(last.get("usage").is_none());
+    }
+
+    #[test]
+    fn content_filtered_answers_say_so_plain_and_streamed() {
+        let chat = AnswerMeta {
+            finish_reason: FinishReason::ContentFilter,
+            ..meta(Endpoint::Chat)
+        };
+        let last = event_json(&chat.token_event(" end", false, true));
+        assert_eq!(last["choices"][0]["finish_reason"], "content_filter");
+        let middle = event_json(&chat.token_event(" mid", false, false));
+        assert_eq!(middle["choices"][0]["finish_reason"], Value::Null);
+        let plain: Value = serde_json::from_slice(&chat.answer("hi", Usage::new(1, 0, 1))).unwrap();
+        assert_eq!(plain["choices"][0]["finish_reason"], "content_filter");
+        let text = AnswerMeta {
+            finish_reason: FinishReason::ContentFilter,
+            ..meta(Endpoint::Completion)
+        };
+        let plain: Value = serde_json::from_slice(&text.answer("hi", Usage::new(1, 0, 1))).unwrap();
+        assert_eq!(plain["choices"][0]["finish_reason"], "content_filter");
     }
 
     #[test]

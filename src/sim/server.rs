@@ -33,7 +33,8 @@ use super::metrics::{CacheFigures, InFlight, Metrics};
 use super::model::BYTES_PER_TOKEN;
 use super::model::{count_tokens, output_tokens, LatencyModel, Plan};
 use super::openai::{
-    self, AnswerMeta, EmbeddingRequest, Endpoint, ErrorBody, ErrorEnvelope, Generation, Usage,
+    self, AnswerMeta, EmbeddingRequest, Endpoint, ErrorBody, ErrorEnvelope, FinishReason,
+    Generation, Usage,
 };
 use super::stream::{Event, Script};
 use super::text::{completion_text, embedding, TokenStream};
@@ -416,6 +417,11 @@ impl SimState {
             },
             created: unix_now(),
             model: generation.model,
+            finish_reason: if self.faults.content_filtered() {
+                FinishReason::ContentFilter
+            } else {
+                FinishReason::Length
+            },
         };
         let usage = Usage::new(prompt_tokens, cached_tokens, completion_tokens);
         let start = self.stall(arrived).await;
