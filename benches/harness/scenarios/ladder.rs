@@ -42,11 +42,12 @@ pub(super) fn throughput_ladder(ctx: &Ctx) -> Result<ScenarioResult> {
     // Scaling: the two-thread figure over the one-thread figure, per proxy.
     let scale = |k: Kind| Some(two.get(&k)? / one.get(&k).filter(|v| **v > 0.0)?);
     let scaled = |k: Kind| {
-        Some(format!(
-            "{} ({:.2}× its 1-thread rate)",
-            text(&two, k)?,
-            scale(k)?
-        ))
+        let rate = text(&two, k)?;
+        Some(match scale(k) {
+            Some(x) => format!("{rate} ({x:.2}× its 1-thread rate)"),
+            // No 1-thread rate passed: nothing to scale from.
+            None => rate,
+        })
     };
     let relative = match (scale(Kind::Switchyard), scale(Kind::Nginx)) {
         (Some(s), Some(n)) if n > 0.0 => Some(s / n),
