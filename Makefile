@@ -21,7 +21,7 @@ lint: prereqs
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-# Benchmarks (issue 4): the side-by-side suite (direct vs nginx vs switchyard, < 10 min on
+# Benchmarks (issue 4): the side-by-side suite (direct vs nginx vs switchyard, about 10 min on
 # 2 cores) rewrites BENCHMARKS.md and benches/results/; bench-smoke is its few-second check.
 # nginx, the floor every scenario compares against, is installed when missing.
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)

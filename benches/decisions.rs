@@ -4,7 +4,8 @@
 //! - `facts/*`: body → `RequestFacts` (small chat body, 64 KiB prompt), each also with the
 //!   prompt's prefix blocks hashed (`*_prefix_hashed`, what `balance = "prefix"` adds);
 //! - `decide/*`: route match + arm choice + backend order on the demo policy
-//!   (sticky by header, and a random draw);
+//!   (sticky by header, and a random draw), and on `routes/prefix.example.toml` with a warm
+//!   prefix index (`prefix_balanced_warm`);
 //! - `tier/*`: the tier decision on `routes/cost.example.toml` (three tier rules, an API-key
 //!   plan): the starting tier alone, and route + arm + tier + candidate order with it;
 //! - `policy/*`: TOML → validated `Policy`, and a full validate + swap
@@ -29,6 +30,7 @@ use switchyard::routing::{decide, Draws, Endpoint, PrefixBalance, RequestFacts, 
 
 const DEMO: &str = include_str!("../routes/demo.toml");
 const COST: &str = include_str!("../routes/cost.example.toml");
+const PREFIX: &str = include_str!("../routes/prefix.example.toml");
 
 fn chat_body(prompt_bytes: usize) -> Vec<u8> {
     let prompt = "lorem ipsum ".repeat(prompt_bytes / 12 + 1);
@@ -257,5 +259,92 @@ fn guardrails(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, facts, decisions, tier, policy, budget, guardrails);
+/// The candidate order of a prefix-balanced route over four backends, with the prompt's prefix
+/// (a 2.4 KiB prompt: 37 blocks of 16 tokens) already sent to one of them: the prefix index
+/// lookups and the scoring a request on such a route adds to `decide`.
+fn prefix(c: &mut Criterion) {
+    let store = PolicyStore::new(PREFIX, Arc::new(Metrics::default())).expect("valid policy");
+    let snapshot = store.current();
+    let shape = PrefixBalance::default().shape;
+    let body = serde_json::json!({
+        "model": "llama-8b",
+        "messages": [
+            {"role": "system", "content": "You answer questions about the docs. ".repeat(64)},
+            {"role": "user", "content": "How do tiers work?"},
+        ],
+        "stream": true,
+    })
+    .to_string();
+    let facts = RequestFacts::parse_with_prefix(Endpoint::ChatCompletions, body.as_bytes(), |_| {
+        Some(shape)
+    })
+    .expect("parses");
+    snapshot
+        .prefix_index
+        .record(snapshot.loads[2].id(), &facts.prefix_blocks);
+    let headers = HeaderMap::new();
+    let now = std::time::Instant::now();
+    let mut g = c.benchmark_group("decide");
+    let mut draw = 0u32;
+    g.bench_function("prefix_balanced_warm", |b| {
+        b.iter(|| {
+            draw = (draw + 7919) % BUCKETS;
+            let draws = Draws {
+                arm_bucket: draw,
+                shadow_bucket: draw,
+                rotation: draw as usize,
+                explore: draw,
+                pick: draw as usize,
+            };
+            decide(&snapshot, &facts, &headers, draws, |b| {
+                snapshot.backend_view(b, now, &facts)
+            })
+        })
+    });
+    g.finish();
+}
+
+/// An L2 cache entry on its way to and from Redis: a 64-event stream (about 12 KiB as relayed),
+/// encoded with compression (the background fill) and decoded (an L2 hit).
+fn cache_l2(c: &mut Criterion) {
+    use bytes::Bytes;
+    use switchyard::cache::record::wire;
+    use switchyard::cache::{AnswerBody, CachedAnswer};
+    let events: Vec<Bytes> = (0..64)
+        .map(|i| {
+            Bytes::from(format!(
+                "data: {{\"id\":\"chatcmpl-{i}\",\"object\":\"chat.completion.chunk\",\"created\":1795846578,\"model\":\"llama-3.1-8b-instruct\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" token{}\"}},\"finish_reason\":null}}]}}\n\n",
+                i * 7919 % 1000
+            ))
+        })
+        .collect();
+    let answer = CachedAnswer {
+        route: "chat".into(),
+        arm: "champion".into(),
+        backend: "llama8b-a".into(),
+        stored_at_ms: 1,
+        ttl_ms: 300_000,
+        cost_usd: 0.000_2,
+        body: AnswerBody::Stream {
+            events,
+            usage_event: None,
+        },
+    };
+    let encoded = wire::encode(&answer);
+    eprintln!(
+        "cache_l2: a {}-byte answer is {} bytes in Redis",
+        answer.weight(),
+        encoded.len()
+    );
+    let mut g = c.benchmark_group("cache_l2");
+    g.bench_function("encode_stream_64", |b| {
+        b.iter(|| wire::encode(std::hint::black_box(&answer)))
+    });
+    g.bench_function("decode_stream_64", |b| {
+        b.iter(|| wire::decode(std::hint::black_box(&encoded)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, facts, decisions, prefix, tier, policy, budget, guardrails, cache_l2);
 criterion_main!(benches);

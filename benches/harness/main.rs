@@ -1,7 +1,7 @@
 //! `switchyard-bench`: measures what switchyard costs against the plain-proxy
 //! floor (nginx) and against no proxy at all, side by side in one invocation.
 //!
-//! - `switchyard-bench suite`: every scenario, full length (< 10 min on 2
+//! - `switchyard-bench suite`: every scenario, full length (about 10 min on 2
 //!   cores); writes `benches/results/latest.json`, `BENCHMARKS.md` and SVG plots.
 //! - `switchyard-bench smoke`: every scenario for a fraction of a second, loose
 //!   bounds, non-zero exit on failure; for CI.
@@ -74,7 +74,7 @@ struct SuiteArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// The full suite (< 10 min on 2 cores); writes JSON, markdown and plots.
+    /// The full suite (about 10 min on 2 cores); writes JSON, markdown and plots.
     Suite(SuiteArgs),
     /// A few seconds of every scenario with loose bounds, for CI.
     Smoke(SuiteArgs),

@@ -136,6 +136,15 @@ impl Verdict {
         }
     }
 
+    pub fn at_least(goal: &str, value: Option<f64>, limit: f64) -> Self {
+        Self {
+            goal: goal.to_owned(),
+            value,
+            limit,
+            met: value.map(|v| v >= limit),
+        }
+    }
+
     pub fn text(&self) -> String {
         let status = match self.met {
             Some(true) => "**met**",

@@ -263,14 +263,58 @@ fn classify(event: &[u8]) -> EventKind {
     EventKind::Other
 }
 
-/// Entries as Redis holds them: a small versioned binary layout (lengths are u32, big-endian).
+/// Entries as Redis holds them: a small versioned binary layout (lengths are u32, big-endian),
+/// zstd-compressed when that makes the entry at least a tenth smaller.
+///
+/// Answers compress well (a stream repeats the same JSON frame around every token): a 64-event
+/// stream shrinks about tenfold, for tens of microseconds on the background fill and a few on
+/// an L2 hit, which already waits a Redis round trip (`benches/findings.md`, cache section).
 pub mod wire {
     use super::{AnswerBody, CachedAnswer};
     use bytes::Bytes;
 
     const MAGIC: &[u8; 4] = b"SYC1";
+    /// A compressed entry: this, the plain layout's length (u32), then the zstd frame.
+    const MAGIC_ZSTD: &[u8; 4] = b"SYZ1";
+    /// Smaller entries are stored plain: compressing them saves little and costs a call.
+    const COMPRESS_FROM: usize = 1024;
+    /// zstd's fast levels: the fill runs once per stored answer, off the request path.
+    const LEVEL: i32 = 3;
+    /// No entry is larger (the cache's entry bound is far below): a corrupt length in Redis
+    /// cannot make a hit allocate more.
+    const MAX_PLAIN: usize = 256 << 20;
 
     pub fn encode(a: &CachedAnswer) -> Vec<u8> {
+        let plain = encode_plain(a);
+        if plain.len() < COMPRESS_FROM {
+            return plain;
+        }
+        match zstd::bulk::compress(&plain, LEVEL) {
+            Ok(z) if z.len() + 8 <= plain.len() - plain.len() / 10 => {
+                let mut out = Vec::with_capacity(z.len() + 8);
+                out.extend_from_slice(MAGIC_ZSTD);
+                out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+                out.extend_from_slice(&z);
+                out
+            }
+            _ => plain,
+        }
+    }
+
+    pub fn decode(data: &[u8]) -> Option<CachedAnswer> {
+        let Some(rest) = data.strip_prefix(MAGIC_ZSTD) else {
+            return decode_plain(data);
+        };
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        if len > MAX_PLAIN {
+            return None;
+        }
+        let plain = zstd::bulk::decompress(&rest[4..], len).ok()?;
+        (plain.len() == len).then_some(())?;
+        decode_plain(&plain)
+    }
+
+    fn encode_plain(a: &CachedAnswer) -> Vec<u8> {
         let mut out = Vec::with_capacity(a.weight());
         out.extend_from_slice(MAGIC);
         for s in [&a.route, &a.arm, &a.backend] {
@@ -304,7 +348,7 @@ pub mod wire {
         out
     }
 
-    pub fn decode(data: &[u8]) -> Option<CachedAnswer> {
+    fn decode_plain(data: &[u8]) -> Option<CachedAnswer> {
         let data = Bytes::copy_from_slice(data);
         let mut r = Reader { data, at: 0 };
         if r.take(4)?.as_ref() != MAGIC {
@@ -501,5 +545,65 @@ data: [DONE]\n\n";
         let mut bad = b"SYC1".to_vec();
         bad.extend_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(wire::decode(&bad), None);
+        // Compressed: a length over the bound, a frame that is not zstd, a length that lies.
+        let mut huge = b"SYZ1".to_vec();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(wire::decode(&huge), None);
+        let mut junk = b"SYZ1\0\0\x10\0".to_vec();
+        junk.extend_from_slice(b"not a zstd frame");
+        assert_eq!(wire::decode(&junk), None);
+        let big = wire::encode(&long_stream());
+        assert!(big.starts_with(b"SYZ1"));
+        let mut short = big.clone();
+        short[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        assert_eq!(wire::decode(&short), None);
+    }
+
+    /// A streamed answer of 64 token events, framed as vLLM frames them.
+    fn long_stream() -> CachedAnswer {
+        let mut events: Vec<Bytes> = (0..64)
+            .map(|i| {
+                Bytes::from(format!(
+                    "data: {{\"id\":\"chatcmpl-42\",\"object\":\"chat.completion.chunk\",\"created\":1795846578,\"model\":\"llama-3.1-8b-instruct\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" word{i}\"}},\"finish_reason\":null}}]}}\n\n"
+                ))
+            })
+            .collect();
+        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        CachedAnswer {
+            route: "chat".into(),
+            arm: "champion".into(),
+            backend: "a".into(),
+            stored_at_ms: 1,
+            ttl_ms: 60_000,
+            cost_usd: 0.000_1,
+            body: AnswerBody::Stream {
+                events,
+                usage_event: None,
+            },
+        }
+    }
+
+    #[test]
+    fn large_entries_travel_compressed_and_small_ones_plain() {
+        let answer = long_stream();
+        let encoded = wire::encode(&answer);
+        assert!(encoded.starts_with(b"SYZ1"), "compressed");
+        assert!(
+            encoded.len() * 5 < answer.weight(),
+            "{} bytes for a {}-byte answer",
+            encoded.len(),
+            answer.weight()
+        );
+        assert_eq!(wire::decode(&encoded), Some(answer));
+        let small = CachedAnswer {
+            body: AnswerBody::Plain {
+                content_type: "application/json".into(),
+                bytes: Bytes::from_static(b"{\"ok\":true}"),
+            },
+            ..long_stream()
+        };
+        let encoded = wire::encode(&small);
+        assert!(encoded.starts_with(b"SYC1"), "plain");
+        assert_eq!(wire::decode(&encoded), Some(small));
     }
 }

@@ -112,6 +112,10 @@ pub(super) async fn before_upstream(
     route: usize,
     plan: Plan,
 ) -> Result<Step, Failure> {
+    // Most routes have no cache: they pay nothing here, not even the stats lookup.
+    if let Plan::Off = plan {
+        return Ok(Step::Upstream);
+    }
     let route_spec = &snapshot.policy.routes[route];
     let stats = cache.stats().route(&route_spec.name);
     let (key, lookup, store, ttl, include_usage, max_entry_bytes) = match plan {

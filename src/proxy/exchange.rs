@@ -14,7 +14,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header;
-use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::time::fast_timeout::fast_timeout;
 
@@ -26,7 +25,7 @@ use crate::routing::fallback::{self, AttemptFailure, Verdict};
 use crate::routing::{rewrite_model, Candidate, RequestFacts};
 use crate::telemetry::{Attempt, Outcome};
 use crate::upstream::capture::MAX_JSON_BYTES;
-use crate::upstream::{attempt, for_backend, Answer, AttemptError, ResponseCapture};
+use crate::upstream::{attempt, for_backend, Answer, AttemptError, ResponseCapture, UpstreamPool};
 
 /// Cooldown after a 429 that names no `Retry-After` in seconds, and the longest one honoured.
 const DEFAULT_COOLDOWN: Duration = Duration::from_secs(1);
@@ -40,7 +39,7 @@ pub(super) struct Exchange<'a> {
     pub body: &'a Bytes,
     /// The upstream request head without its per-backend `Host` and `Content-Length`.
     pub base: RequestHeader,
-    pub connector: &'a Connector,
+    pub connector: &'a UpstreamPool,
     /// The route the request matched (its retry settings govern every attempt).
     pub route: usize,
     pub keep_text: bool,

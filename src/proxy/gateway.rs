@@ -7,7 +7,6 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method};
-use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -28,11 +27,11 @@ use crate::routing::{
 };
 use crate::shadow::ShadowJob;
 use crate::telemetry::Outcome;
-use crate::upstream::upstream_base;
+use crate::upstream::{upstream_base, UpstreamPool};
 
 pub struct Gateway {
     store: Arc<PolicyStore>,
-    connector: Connector,
+    connector: UpstreamPool,
     rotation: AtomicUsize,
 }
 
@@ -40,7 +39,7 @@ impl Gateway {
     pub fn new(store: Arc<PolicyStore>) -> Gateway {
         Gateway {
             store,
-            connector: Connector::new(None),
+            connector: UpstreamPool::new(),
             rotation: AtomicUsize::new(0),
         }
     }

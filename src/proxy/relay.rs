@@ -309,9 +309,21 @@ fn downstream_header(
 
 /// USD with enough decimals for a single small request (nano-dollars), trailing zeros trimmed.
 pub(super) fn format_usd(cost: f64) -> String {
-    let text = format!("{cost:.9}");
-    let text = text.trim_end_matches('0');
-    text.strip_suffix('.').unwrap_or(text).to_owned()
+    // Whole nano-dollars through integer formatting: float formatting at a fixed precision
+    // showed up in the per-request profile.
+    let nanos = (cost * 1e9).round();
+    if !(0.0..1e18).contains(&nanos) {
+        let text = format!("{cost:.9}");
+        let text = text.trim_end_matches('0');
+        return text.strip_suffix('.').unwrap_or(text).to_owned();
+    }
+    let nanos = nanos as u64;
+    let (whole, frac) = (nanos / 1_000_000_000, nanos % 1_000_000_000);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:09}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
 }
 
 /// The client went away (or its connection broke): the request ends here.
@@ -329,5 +341,9 @@ mod tests {
         assert_eq!(format_usd(0.000_123_4), "0.0001234");
         assert_eq!(format_usd(2.0), "2");
         assert_eq!(format_usd(0.0), "0");
+        assert_eq!(format_usd(1.25), "1.25");
+        assert_eq!(format_usd(0.000_000_001), "0.000000001");
+        assert_eq!(format_usd(12.000_000_5), "12.0000005");
+        assert_eq!(format_usd(f64::NAN), "NaN");
     }
 }

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use tokio::sync::oneshot;
 
@@ -28,7 +27,8 @@ pub use stats::{ShadowSlot, ShadowStats};
 use crate::config::{BackendSpec, PolicySnapshot, ShadowSpec};
 use crate::routing::{rewrite_model, RequestFacts, BUCKETS};
 use crate::upstream::{
-    attempt, release, upstream_request, AttemptError, ResponseCapture, CREDENTIAL_HEADERS,
+    attempt, release, upstream_request, AttemptError, ResponseCapture, UpstreamPool,
+    CREDENTIAL_HEADERS,
 };
 use samples::SampleSpec;
 
@@ -175,7 +175,7 @@ impl ShadowJob {
 
 /// Sends the copy and reads the whole answer, keeping only what the comparison needs.
 async fn exchange(
-    connector: &Connector,
+    connector: &UpstreamPool,
     backend: &BackendSpec,
     request: &RequestHeader,
     body: &Bytes,

@@ -9,12 +9,13 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use pingora::connectors::http::Connector;
 use tokio::runtime::{Builder, Runtime};
+
+use crate::upstream::UpstreamPool;
 
 struct Runner {
     runtime: Runtime,
-    connector: Arc<Connector>,
+    connector: Arc<UpstreamPool>,
 }
 
 fn runner() -> &'static Runner {
@@ -26,7 +27,7 @@ fn runner() -> &'static Runner {
             .enable_all()
             .build()
             .expect("the shadow runtime starts"),
-        connector: Arc::new(Connector::new(None)),
+        connector: Arc::new(UpstreamPool::new()),
     })
 }
 
@@ -36,6 +37,6 @@ pub fn spawn(task: impl Future<Output = ()> + Send + 'static) {
 }
 
 /// The pool shadow exchanges connect through (its connections belong to the shadow runtime).
-pub fn connector() -> &'static Connector {
+pub fn connector() -> &'static UpstreamPool {
     &runner().connector
 }

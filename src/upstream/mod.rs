@@ -6,10 +6,11 @@
 
 pub mod attempt;
 pub mod capture;
+pub mod one_send;
 pub mod request;
 pub mod sse;
 
-pub use attempt::{attempt, release, Answer, AttemptError};
+pub use attempt::{attempt, release, Answer, AttemptError, UpstreamPool};
 pub use capture::{Captured, ResponseCapture};
 pub use request::{
     for_backend, is_hop_header, upstream_base, upstream_request, CREDENTIAL_HEADERS,

@@ -78,6 +78,7 @@ pub(super) fn shadow(ctx: &Ctx) -> Result<ScenarioResult> {
             },
         ],
         shadow,
+        threads: 1,
     };
     let mut missing: BTreeMap<&str, String> = BTreeMap::new();
 
@@ -89,6 +90,7 @@ pub(super) fn shadow(ctx: &Ctx) -> Result<ScenarioResult> {
             listen: local(free_port()),
             upstreams: vec![(champion.addr, 9), (canary.addr, 1)],
             mirror,
+            workers: 1,
         };
         match Nginx::start(&ctx.env, &key.replace('/', "-"), &conf) {
             Ok(n) => {
