@@ -31,6 +31,8 @@ pub enum GatewayError {
     UpstreamTimeout(String),
     #[error("The backend failed: {0}")]
     UpstreamFailed(String),
+    #[error("{0}")]
+    HeadersTooLarge(crate::listener::HeadLimitExceeded),
     #[error(
         "You exceeded your current quota (budget `{budget}`); it renews in {retry_after} seconds."
     )]
@@ -55,6 +57,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTimeout(_) => 408,
             GatewayError::BodyTooLarge { .. } => 413,
+            GatewayError::HeadersTooLarge(_) => 431,
             GatewayError::BudgetExceeded { .. } | GatewayError::RateLimited { .. } => 429,
             GatewayError::UpstreamFailed(_) => 502,
             GatewayError::BackendsUnavailable { .. } | GatewayError::BackendsSaturated { .. } => {
@@ -80,9 +83,22 @@ impl GatewayError {
             GatewayError::BackendsSaturated { .. } => "backends_saturated",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamFailed(_) => "upstream_error",
+            GatewayError::HeadersTooLarge(_) => "request_header_fields_too_large",
             GatewayError::BudgetExceeded { .. } => "insufficient_quota",
             GatewayError::RateLimited { .. } => "rate_limit_exceeded",
         }
+    }
+
+    /// True when the connection must be closed after the answer: the request's framing or
+    /// size was wrong, so what follows on the socket cannot be trusted to start a new request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BodyRead(_)
+                | GatewayError::BodyTimeout(_)
+                | GatewayError::BodyTooLarge { .. }
+                | GatewayError::HeadersTooLarge(_)
+        )
     }
 
     pub fn error_type(&self) -> &'static str {

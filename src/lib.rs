@@ -13,6 +13,7 @@ pub mod config;
 pub mod cost;
 pub mod error;
 pub mod guardrails;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod redis;

@@ -19,6 +19,7 @@ use crate::config::watch::PolicyFileWatcher;
 use crate::config::{FieldError, PolicyStore};
 use crate::cost::spend::SpendSync;
 use crate::guardrails::{GuardrailRuntime, GuardrailTask};
+use crate::listener::HardenedListener;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 
@@ -43,17 +44,22 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(store.clone()),
-        "switchyard proxy",
+    // Both listeners run behind `HardenedListener`: a head deadline and a keep-alive idle
+    // timeout that pingora's own connection loop does not have.
+    let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(store.clone()));
+    let mut proxy = Service::new(
+        "switchyard proxy".to_owned(),
+        HardenedListener::new(gateway, store.clone()),
     );
     proxy.add_tcp(&settings.listen.to_string());
 
     let guardrails = Arc::new(GuardrailRuntime::new(store.clone()));
     let mut admin = Service::new(
         "switchyard admin".to_owned(),
-        AdminApp::new(store.clone(), guardrails.clone()),
+        HardenedListener::new(
+            AdminApp::new(store.clone(), guardrails.clone()),
+            store.clone(),
+        ),
     );
     admin.add_tcp(&settings.admin_listen.to_string());
     admin.threads = Some(1);

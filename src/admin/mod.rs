@@ -306,6 +306,7 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        crate::listener::head_received();
         let mut resp = self.route(session).await;
         let len = resp.body().len();
         resp.headers_mut()

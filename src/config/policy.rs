@@ -15,6 +15,19 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_HISTORY_LIMIT: u64 = 50;
+/// A legitimate client sends its head in one or two packets; a few seconds leaves room for
+/// slow links while cutting a client that drips one byte a second long before it matters.
+pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_KEEPALIVE_TIMEOUT_SECS: u64 = 15;
+/// OpenAI-style clients send a handful of short headers; 32 KiB leaves room for large cookies
+/// and tracing headers.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
+pub const DEFAULT_MAX_HEADERS: u64 = 100;
+/// pingora reads at most this many header fields and answers more with its own 400, so our
+/// limit must stay below it for the 431 to be ours.
+pub const PINGORA_MAX_HEADERS: u64 = 256;
+/// pingora refuses a head larger than this (1 MiB) with its own 400.
+pub const PINGORA_MAX_HEADER_BYTES: u64 = 1_048_575;
 pub const DEFAULT_MAX_INFLIGHT: u64 = 256;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// Prefill of a long prompt on a busy GPU can take tens of seconds before the first byte.
@@ -76,6 +89,16 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub threads: usize,
     pub history_limit: usize,
+    /// From a connection's accept (or the end of the previous request on a keep-alive
+    /// connection, plus `keepalive_timeout`) to its whole request head read: past it the
+    /// connection is closed without an answer, so slow-header clients cannot hold sockets.
+    pub head_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long without a new request.
+    pub keepalive_timeout_secs: u64,
+    /// Heads above these limits are answered 431 and the connection is closed; nothing reaches
+    /// a backend.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
     /// How often backends' `/metrics` are scraped; `None` when scraping is off.
     pub scrape_interval: Option<Duration>,
     /// Whether answers carry debugging headers (`x-switchyard-prefix-match`).

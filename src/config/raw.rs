@@ -168,6 +168,14 @@ pub struct RawServer {
     pub threads: Option<u64>,
     /// How many accepted policy versions the history keeps for rollback.
     pub history_limit: Option<u64>,
+    /// Longest time a client may take to send a whole request head.
+    pub head_timeout_ms: Option<u64>,
+    /// Longest idle wait for the next request on a keep-alive connection.
+    pub keepalive_timeout_secs: Option<u64>,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: Option<u64>,
+    /// Most header fields in one request.
+    pub max_headers: Option<u64>,
     /// How often each backend's `/metrics` is scraped for its load (0 turns scraping off).
     pub scrape_interval_ms: Option<u64>,
     /// Debugging answer headers (`x-switchyard-prefix-match`). Off by default.

@@ -21,6 +21,7 @@ use super::relay::relay;
 use super::{observe, Failure};
 use crate::config::PolicyStore;
 use crate::error::GatewayError;
+use crate::listener::{check_head, head_bytes};
 use crate::routing::tier::start_tier;
 use crate::routing::{
     candidates, choose_arm, match_route, plan_for, Draws, Endpoint, RequestFacts, BUCKETS,
@@ -50,6 +51,14 @@ impl Gateway {
         let snapshot = self.store.current();
         ctx.snapshot = Some(snapshot.clone());
         let req = session.req_header();
+        let limits = &snapshot.policy.server;
+        check_head(
+            req.headers.len(),
+            head_bytes(req.method.as_str(), &req.uri.to_string(), &req.headers),
+            limits.max_headers,
+            limits.max_header_bytes,
+        )
+        .map_err(GatewayError::HeadersTooLarge)?;
         let path = req.uri.path();
         if path == "/v1/models" {
             if req.method != Method::GET {
@@ -279,6 +288,17 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
+    /// Called by pingora first, right after the request head is parsed: from here on the
+    /// listener's head deadline no longer applies to this request.
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        crate::listener::head_received();
+        Ok(())
+    }
+
     /// Called once the request header is read. The whole exchange happens here (see the
     /// module docs of `proxy`); returning `Ok(true)` tells pingora the response is written.
     async fn request_filter(
@@ -296,8 +316,9 @@ impl ProxyHttp for Gateway {
                 if ctx.record.attempts.is_empty() {
                     ctx.record.outcome = Outcome::Rejected;
                 }
-                // An unread body would be taken for the next request: close instead.
-                if !session.is_body_done() {
+                // An unread body would be taken for the next request, and after a framing error
+                // (bad chunk, oversized head) the rest of the stream cannot be trusted: close.
+                if e.closes_connection() || !session.is_body_done() {
                     session.set_keepalive(None);
                 }
                 write_error(session, &e).await?;

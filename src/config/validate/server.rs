@@ -1,5 +1,8 @@
 //! `[server]`: listeners, limits and process settings.
 
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
 use super::{positive, socket_addr, Errors};
 use crate::config::policy::*;
 use crate::config::raw::RawPolicy;
@@ -64,9 +67,104 @@ pub(super) fn validate_server(raw: &RawPolicy, errors: &mut Errors) -> ServerSet
             DEFAULT_HISTORY_LIMIT,
             errors,
         ) as usize,
+        head_timeout: Duration::from_millis(bounded(
+            "server.head_timeout_ms",
+            s.head_timeout_ms,
+            DEFAULT_HEAD_TIMEOUT_MS,
+            100..=600_000,
+            errors,
+        )),
+        keepalive_timeout_secs: bounded(
+            "server.keepalive_timeout_secs",
+            s.keepalive_timeout_secs,
+            DEFAULT_KEEPALIVE_TIMEOUT_SECS,
+            1..=3_600,
+            errors,
+        ),
+        max_header_bytes: bounded(
+            "server.max_header_bytes",
+            s.max_header_bytes,
+            DEFAULT_MAX_HEADER_BYTES,
+            1_024..=PINGORA_MAX_HEADER_BYTES,
+            errors,
+        ) as usize,
+        max_headers: bounded(
+            "server.max_headers",
+            s.max_headers,
+            DEFAULT_MAX_HEADERS,
+            1..=PINGORA_MAX_HEADERS - 1,
+            errors,
+        ) as usize,
+    }
+}
+
+/// `value` (or `default`) when inside `range`; otherwise an error naming the range.
+fn bounded(
+    path: &str,
+    value: Option<u64>,
+    default: u64,
+    range: RangeInclusive<u64>,
+    errors: &mut Errors,
+) -> u64 {
+    match value {
+        Some(v) if !range.contains(&v) => {
+            errors.push(path, format!("must be {}..={}", range.start(), range.end()));
+            default
+        }
+        Some(v) => v,
+        None => default,
     }
 }
 
 fn default_threads() -> u64 {
     std::thread::available_parallelism().map_or(2, |n| n.get() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_policy;
+
+    const ROUTES: &str = r#"
+        [[backends]]
+        name = "a"
+        url = "http://127.0.0.1:9101"
+        [[routes]]
+        name = "r"
+        models = ["m"]
+        [[routes.arms]]
+        name = "x"
+        backends = ["a"]
+        weight = 100
+    "#;
+
+    #[test]
+    fn listener_limits_default_to_room_for_real_clients() {
+        let s = parse_policy(&format!("[server]\n{ROUTES}"))
+            .expect("valid")
+            .server;
+        assert_eq!(s.head_timeout.as_millis(), 5_000);
+        assert_eq!(s.keepalive_timeout_secs, 15);
+        assert_eq!(s.max_header_bytes, 32 * 1024);
+        assert_eq!(s.max_headers, 100);
+    }
+
+    #[test]
+    fn every_out_of_range_listener_limit_is_named() {
+        let errors = parse_policy(&format!(
+            "[server]\nhead_timeout_ms = 0\nkeepalive_timeout_secs = 0\nmax_header_bytes = 2000000\nmax_headers = 256\n{ROUTES}"
+        ))
+        .unwrap_err();
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "server.head_timeout_ms",
+                "server.keepalive_timeout_secs",
+                "server.max_header_bytes",
+                "server.max_headers"
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[3].message.contains("1..=255"), "{errors:?}");
+    }
 }

@@ -1,0 +1,126 @@
+//! The proxy and admin listeners' own defences, below pingora's HTTP handling: a deadline for
+//! the whole request head and an idle timeout for keep-alive connections.
+//!
+//! pingora 0.9 bounds each *read* of a request head (60 s), not the whole head: a client that
+//! sends one byte every few seconds keeps its socket forever, and an HTTP/1.1 keep-alive
+//! connection waits for its next request without limit. Thousands of such clients exhaust the
+//! process's file descriptors. [`HardenedListener`] runs each connection's HTTP/1 loop itself
+//! (the same loop pingora's own `ServerApp` runs) and races every request against the head
+//! deadline; the application reports that the head is complete by calling [`head_received`]
+//! from its first hook, after which the request runs to its end undisturbed.
+
+mod head;
+
+pub use head::{check_head, head_bytes, HeadLimitExceeded};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+
+use crate::config::PolicyStore;
+
+tokio::task_local! {
+    /// Set once the current request's head is read; scoped to one request of one connection.
+    static HEAD_SEEN: Arc<AtomicBool>;
+}
+
+/// Tells the listener that the current request's head has been read completely, so the head
+/// deadline no longer applies. Call it from the first code that runs after pingora parsed the
+/// head (the proxy's `early_request_filter`, the admin's handler); outside a listener it does
+/// nothing.
+pub fn head_received() {
+    let _ = HEAD_SEEN.try_with(|seen| seen.store(true, Ordering::Release));
+}
+
+/// Wraps an HTTP application (the proxy or the admin API) with the head deadline and the
+/// keep-alive idle timeout of the running policy's `[server]` settings, read per connection.
+pub struct HardenedListener<A> {
+    app: Arc<A>,
+    store: Arc<PolicyStore>,
+}
+
+impl<A> HardenedListener<A> {
+    pub fn new(app: A, store: Arc<PolicyStore>) -> HardenedListener<A> {
+        HardenedListener {
+            app: Arc::new(app),
+            store,
+        }
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> HardenedListener<A> {
+    /// Runs one request; `None` when the connection is done (closed, not reusable, or cut
+    /// because its head did not arrive within `deadline`).
+    async fn one_request(
+        &self,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+        deadline: Duration,
+    ) -> Option<ReusedHttpStream> {
+        let seen = Arc::new(AtomicBool::new(false));
+        let request = HEAD_SEEN.scope(seen.clone(), self.app.process_new_http(session, shutdown));
+        tokio::pin!(request);
+        tokio::select! {
+            done = &mut request => return done,
+            () = tokio::time::sleep(deadline) => {}
+        }
+        if seen.load(Ordering::Acquire) {
+            request.await
+        } else {
+            // Dropping the request drops the session and with it the socket: no answer, since
+            // a client that cannot send a head in time would not read one either.
+            tracing::debug!(
+                ?deadline,
+                "request head not received in time; connection closed"
+            );
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HardenedListener<A> {
+    /// Called by pingora for every accepted connection: serves its HTTP/1 requests one after
+    /// the other until the client or a limit ends it.
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let (head_timeout, keepalive_secs) = {
+            let snapshot = self.store.current();
+            let s = &snapshot.policy.server;
+            (s.head_timeout, s.keepalive_timeout_secs)
+        };
+        let mut session = ServerSession::new_http1(stream);
+        // A new connection has the head deadline from its accept; a reused one may first idle
+        // for the keep-alive timeout.
+        let mut deadline = head_timeout;
+        loop {
+            // pingora's keep-alive timeout bounds the idle wait before the next request's
+            // first byte; without it pingora waits forever on HTTP/1.1.
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(keepalive_secs));
+            }
+            let reused = self.one_request(session, shutdown, deadline).await?;
+            let (stream, persistent) = reused.consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(persistent) = persistent {
+                persistent.apply_to_session(&mut session);
+            }
+            deadline = head_timeout + Duration::from_secs(keepalive_secs);
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.app.http_cleanup().await;
+    }
+}

@@ -1,0 +1,252 @@
+//! Listener hardening over raw sockets against the real gateway: the head deadline, the
+//! keep-alive idle timeout, header limits answered 431, and connections closed after a
+//! request-framing error. Nothing here may reach a backend.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use switchyard::server::RunningGateway;
+use switchyard::sim::SimServer;
+
+async fn gateway_with_sim(server_extra: &str) -> (SimServer, RunningGateway) {
+    let sim = sim("s1", &["llama"], |_| {}).await;
+    let policy = server_section(server_extra)
+        + &backend("b1", &sim.url(), "")
+        + &route("chat", &["llama"], "none", &[("champion", &["b1"], 100.0)]);
+    let gw = start_gateway(&policy);
+    (sim, gw)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s
+}
+
+/// Reads until the peer closes (or 15 s pass, which fails the test): everything it sent.
+fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return String::from_utf8_lossy(&out).into_owned(),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                return String::from_utf8_lossy(&out).into_owned()
+            }
+            Err(e) => panic!(
+                "the gateway did not close the connection: {e}; got so far: {}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+}
+
+/// Reads one response with a `Content-Length` body, leaving the connection open.
+fn read_one_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("a response");
+        assert!(n > 0, "closed before a whole response");
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
+fn chat_request(extra_headers: &str) -> String {
+    let body = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#;
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_dripped_byte_by_byte_is_cut_at_the_deadline() {
+    let (sim, gw) = gateway_with_sim("head_timeout_ms = 1000").await;
+    let addr = gw.proxy_addr;
+    let (elapsed, sent, reply) = tokio::task::spawn_blocking(move || {
+        let mut s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let head =
+            chat_request("X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        let started = Instant::now();
+        let mut sent = 0;
+        for byte in head.as_bytes().iter().take(60) {
+            if s.write_all(&[*byte]).is_err() {
+                break;
+            }
+            sent += 1;
+            let mut buf = [0u8; 1024];
+            match s.read(&mut buf) {
+                Ok(0) => return (started.elapsed(), sent, String::new()),
+                Ok(n) => {
+                    return (
+                        started.elapsed(),
+                        sent,
+                        String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    )
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    return (started.elapsed(), sent, String::new())
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        (
+            started.elapsed(),
+            sent,
+            "still open after the whole drip".to_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.is_empty(), "expected a silent close, got {reply:?}");
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(6),
+        "cut after {elapsed:?} ({sent} bytes sent); the deadline is 1 s"
+    );
+    assert_eq!(sim.requests_served(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keepalive_connection_is_closed() {
+    let (_sim, gw) = gateway_with_sim("keepalive_timeout_secs = 1").await;
+    let addr = gw.proxy_addr;
+    let (first, idle_for, rest) = tokio::task::spawn_blocking(move || {
+        let mut s = connect(addr);
+        s.write_all(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .unwrap();
+        let first = read_one_response(&mut s);
+        let started = Instant::now();
+        let rest = read_to_close(&mut s);
+        (first, started.elapsed(), rest)
+    })
+    .await
+    .unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(rest.is_empty(), "nothing more was asked: {rest:?}");
+    assert!(
+        idle_for >= Duration::from_millis(800) && idle_for < Duration::from_secs(8),
+        "closed after {idle_for:?} idle; the timeout is 1 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalive_connection_in_use_is_served_past_the_deadlines() {
+    let (sim, gw) = gateway_with_sim("head_timeout_ms = 500\nkeepalive_timeout_secs = 2").await;
+    let addr = gw.proxy_addr;
+    let replies = tokio::task::spawn_blocking(move || {
+        let mut s = connect(addr);
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            s.write_all(chat_request("").as_bytes()).unwrap();
+            replies.push(read_one_response(&mut s));
+            // Longer than the head deadline, shorter than the idle timeout.
+            std::thread::sleep(Duration::from_millis(900));
+        }
+        replies
+    })
+    .await
+    .unwrap();
+    for r in &replies {
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    assert_eq!(sim.requests_served(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_large_headers_get_431_and_reach_no_backend() {
+    let (sim, gw) = gateway_with_sim("max_headers = 50\nmax_header_bytes = 8192").await;
+    let addr = gw.proxy_addr;
+    let many: String = (0..60).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let big = format!("X-Big: {}\r\n", "a".repeat(100 * 1024));
+    for (what, extra) in [("60 headers", many), ("a 100 KiB header", big)] {
+        let reply = tokio::task::spawn_blocking(move || {
+            let mut s = connect(addr);
+            s.write_all(chat_request(&extra).as_bytes()).unwrap();
+            // A second request on the same connection must not be served.
+            let _ = s.write_all(chat_request("").as_bytes());
+            read_to_close(&mut s)
+        })
+        .await
+        .unwrap();
+        assert!(reply.starts_with("HTTP/1.1 431"), "{what}: {reply}");
+        assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{what}: {reply}");
+        let body: serde_json::Value =
+            serde_json::from_str(&reply[reply.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        assert_eq!(
+            body["error"]["code"], "request_header_fields_too_large",
+            "{what}: {body}"
+        );
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+    assert_eq!(sim.requests_served(), 0);
+    // Within the limits the same gateway serves.
+    let ok = tokio::task::spawn_blocking(move || {
+        let mut s = connect(addr);
+        s.write_all(chat_request("X-A: b\r\n").as_bytes()).unwrap();
+        read_one_response(&mut s)
+    })
+    .await
+    .unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framing_error_closes_the_connection() {
+    let (sim, gw) = gateway_with_sim("").await;
+    let addr = gw.proxy_addr;
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let cases = [
+        (
+            "chunk size overflow",
+            format!("{head}FFFFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n"),
+        ),
+        ("bare-LF chunk lines", format!("{head}3\nabc\n0\n\n")),
+        (
+            "chunk longer than its size",
+            format!("{head}2\r\nabcdef\r\n0\r\n\r\n"),
+        ),
+    ];
+    for (what, request) in cases {
+        let reply = tokio::task::spawn_blocking(move || {
+            let mut s = connect(addr);
+            s.write_all(request.as_bytes()).unwrap();
+            let _ = s.write_all(chat_request("").as_bytes());
+            read_to_close(&mut s)
+        })
+        .await
+        .unwrap();
+        assert!(reply.starts_with("HTTP/1.1 400"), "{what}: {reply}");
+        assert_eq!(
+            reply.matches("HTTP/1.1 ").count(),
+            1,
+            "{what}: the request after the broken one must not be served: {reply}"
+        );
+        let body: serde_json::Value =
+            serde_json::from_str(&reply[reply.find("\r\n\r\n").unwrap() + 4..])
+                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {reply}"));
+        assert!(body["error"]["code"].is_string(), "{what}: {body}");
+    }
+    assert_eq!(sim.requests_served(), 0);
+}
