@@ -8,6 +8,8 @@
 //! - `switchyard-bench render`: rewrites `BENCHMARKS.md` and the plots from
 //!   `latest.json`, after editing `benches/findings.md`.
 //! - `switchyard-bench load URL …`: one ad-hoc run against any address.
+//! - `switchyard-bench soak --minutes 10`: mixed traffic with policy swaps for minutes,
+//!   sampling the gateway's RSS and descriptors (`make soak`; not part of CI).
 #![deny(unsafe_code)]
 
 /// Returns early with a formatted setup error.
@@ -21,6 +23,7 @@ mod load;
 mod procs;
 mod report;
 mod scenarios;
+mod soak;
 mod sse;
 mod stats;
 mod svg;
@@ -83,6 +86,23 @@ enum Cmd {
         #[arg(long, default_value = "BENCHMARKS.md")]
         markdown: PathBuf,
     },
+    /// Minutes of mixed plain, streaming, erroring and slow traffic with policy swaps,
+    /// sampling the gateway's RSS and open fds; fails on any mishandled request.
+    Soak {
+        /// How long the load runs; it stops by itself.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// The switchyard binary (default: `switchyard` next to this one).
+        #[arg(long)]
+        switchyard: Option<PathBuf>,
+        /// Concurrent client loops.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        swap_every: Duration,
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        sample_every: Duration,
+    },
     /// One load run against ADDR (host:port), printed as JSON.
     Load {
         addr: String,
@@ -114,6 +134,31 @@ fn main() -> ExitCode {
         Cmd::Suite(args) => finish(scenarios::main(args_to_opts(args, false))),
         Cmd::Smoke(args) => finish(scenarios::main(args_to_opts(args, true))),
         Cmd::Render { out_dir, markdown } => finish(report::render(&out_dir, &markdown)),
+        Cmd::Soak {
+            minutes,
+            switchyard,
+            workers,
+            swap_every,
+            sample_every,
+        } => {
+            let switchyard = match switchyard
+                .map(Ok)
+                .unwrap_or_else(|| std::env::current_exe().map(|p| p.with_file_name("switchyard")))
+            {
+                Ok(p) => p,
+                Err(e) => return finish(Err(e.to_string())),
+            };
+            if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
+                return finish(Err(format!("--minutes {minutes}: must be in (0, 1440]")));
+            }
+            finish(soak::main(soak::SoakOptions {
+                switchyard,
+                duration: Duration::from_secs_f64(minutes * 60.0),
+                workers: workers.max(1),
+                swap_every,
+                sample_every,
+            }))
+        }
         Cmd::Load {
             addr,
             rate,

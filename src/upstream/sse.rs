@@ -28,6 +28,9 @@ pub struct Usage {
 pub struct SseScanner {
     partial: Vec<u8>,
     skipping: bool,
+    /// While skipping: the last byte seen was `\n`, so a `\n` first in the next chunk ends
+    /// the skipped event.
+    skip_newline: bool,
     pub events: u64,
     pub oversized_events: u64,
     pub saw_done: bool,
@@ -52,16 +55,30 @@ impl SseScanner {
         }
     }
 
-    /// Feeds the next bytes of the stream, in any chunking. Events end at a blank line
-    /// (`\n\n`, as vLLM, TGI and SGLang write them).
+    /// Feeds the next bytes of the stream, in any chunking: what the scanner finds does not
+    /// depend on where the chunks are cut. Events end at a blank line (`\n\n`, as vLLM, TGI
+    /// and SGLang write them); an event longer than [`MAX_EVENT_BYTES`] is counted in
+    /// `oversized_events` and not looked inside, however it arrives.
     pub fn feed(&mut self, bytes: &[u8]) {
         let bytes = if self.skipping {
-            match memmem::find(bytes, b"\n\n") {
+            // The blank line ending the skipped event may straddle two chunks.
+            let end = if self.skip_newline && bytes.first() == Some(&b'\n') {
+                Some(1)
+            } else {
+                memmem::find(bytes, b"\n\n").map(|e| e + 2)
+            };
+            match end {
                 Some(end) => {
                     self.skipping = false;
-                    &bytes[end + 2..]
+                    self.skip_newline = false;
+                    &bytes[end..]
                 }
-                None => return,
+                None => {
+                    if let Some(last) = bytes.last() {
+                        self.skip_newline = *last == b'\n';
+                    }
+                    return;
+                }
             }
         } else {
             bytes
@@ -73,17 +90,29 @@ impl SseScanner {
         let mut start = 0;
         while let Some(pos) = memmem::find(&buf[from..], b"\n\n") {
             let end = from + pos;
-            self.on_event(&buf[start..end]);
+            if end - start > MAX_EVENT_BYTES {
+                self.oversized_events += 1;
+            } else {
+                self.on_event(&buf[start..end]);
+            }
             start = end + 2;
             from = start;
         }
         buf.drain(..start);
         self.partial = buf;
-        if self.partial.len() > MAX_EVENT_BYTES {
-            self.partial.clear();
+        // Past this the event is certainly oversized (its last byte may still begin the blank
+        // line): stop buffering it, and free what it took.
+        if self.partial.len() > MAX_EVENT_BYTES + 1 {
+            self.skip_newline = self.partial.last() == Some(&b'\n');
+            self.partial = Vec::new();
             self.oversized_events += 1;
             self.skipping = true;
         }
+    }
+
+    /// Bytes held of an event not yet complete: at most [`MAX_EVENT_BYTES`] + 1.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
     }
 
     fn on_event(&mut self, event: &[u8]) {
@@ -277,5 +306,38 @@ data: [DONE]\n\n";
         s.feed(b"\n\ndata: [DONE]\n\n");
         assert_eq!(s.oversized_events, 1);
         assert!(s.saw_done);
+    }
+
+    /// Found while writing the SSE fuzz harness (`tests/fuzz.rs`): a skipped event whose blank line was
+    /// split across two chunks was never seen to end, so the next events — `[DONE]` here —
+    /// were lost and a good stream counted as failed.
+    #[test]
+    fn oversized_event_ending_across_chunks_is_still_ended() {
+        let mut s = SseScanner::default();
+        s.feed(b"data: ");
+        s.feed(&vec![b'x'; MAX_EVENT_BYTES + 10]);
+        s.feed(b"x\n");
+        s.feed(b"\ndata: [DONE]\n\n");
+        assert_eq!(s.oversized_events, 1);
+        assert!(s.saw_done, "the event after the oversized one was lost");
+    }
+
+    /// Found while writing the SSE fuzz harness: an oversized event arriving whole was looked inside,
+    /// the same event in pieces was skipped, so the reading depended on the chunking.
+    #[test]
+    fn oversized_event_is_skipped_however_it_arrives() {
+        let mut stream = b"data: {\"error\":{\"message\":\"".to_vec();
+        stream.extend(vec![b'x'; MAX_EVENT_BYTES]);
+        stream.extend_from_slice(b"\"}}\n\ndata: [DONE]\n\n");
+        let mut whole = SseScanner::default();
+        whole.feed(&stream);
+        let mut pieces = SseScanner::default();
+        for piece in stream.chunks(4096) {
+            pieces.feed(piece);
+        }
+        for s in [&whole, &pieces] {
+            assert_eq!((s.oversized_events, s.events, s.saw_error), (1, 1, false));
+            assert!(s.succeeded());
+        }
     }
 }
