@@ -42,12 +42,17 @@ pub fn check(session: &ServerSession, store: &PolicyStore) -> Result<(), Box<Res
     }
 }
 
-/// Compares without returning early at the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `given` equals `expected`, in time that depends on neither the position of the
+/// first differing byte nor the token's length: both sides are hashed to 32-byte SHA-256
+/// digests, which are compared with a fold over every byte. A length check first (as before)
+/// would let a client learn the token's length from the answer time.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]
@@ -56,6 +61,11 @@ mod tests {
     fn constant_time_eq() {
         assert!(super::constant_time_eq(b"abc", b"abc"));
         assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abd", b"abc"));
+        // Different lengths go through the same digest comparison and still differ.
         assert!(!super::constant_time_eq(b"abc", b"ab"));
+        assert!(!super::constant_time_eq(b"", b"abc"));
+        assert!(!super::constant_time_eq(b"abc\0", b"abc"));
+        assert!(super::constant_time_eq(b"", b""));
     }
 }
