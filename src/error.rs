@@ -34,6 +34,10 @@ pub enum GatewayError {
     #[error("{0}")]
     HeadersTooLarge(crate::listener::HeadLimitExceeded),
     #[error(
+        "The gateway is at its connection limit ({limit}); try again in {retry_after} seconds."
+    )]
+    TooManyConnections { limit: usize, retry_after: u64 },
+    #[error(
         "You exceeded your current quota (budget `{budget}`); it renews in {retry_after} seconds."
     )]
     BudgetExceeded { budget: String, retry_after: u64 },
@@ -60,9 +64,9 @@ impl GatewayError {
             GatewayError::HeadersTooLarge(_) => 431,
             GatewayError::BudgetExceeded { .. } | GatewayError::RateLimited { .. } => 429,
             GatewayError::UpstreamFailed(_) => 502,
-            GatewayError::BackendsUnavailable { .. } | GatewayError::BackendsSaturated { .. } => {
-                503
-            }
+            GatewayError::BackendsUnavailable { .. }
+            | GatewayError::BackendsSaturated { .. }
+            | GatewayError::TooManyConnections { .. } => 503,
             GatewayError::UpstreamTimeout(_) => 504,
         }
     }
@@ -81,6 +85,7 @@ impl GatewayError {
             GatewayError::BodyTimeout(_) => "body_timeout",
             GatewayError::BackendsUnavailable { .. } => "backends_unavailable",
             GatewayError::BackendsSaturated { .. } => "backends_saturated",
+            GatewayError::TooManyConnections { .. } => "too_many_connections",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::HeadersTooLarge(_) => "request_header_fields_too_large",
@@ -120,7 +125,8 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             GatewayError::BudgetExceeded { retry_after, .. }
-            | GatewayError::RateLimited { retry_after, .. } => Some(*retry_after),
+            | GatewayError::RateLimited { retry_after, .. }
+            | GatewayError::TooManyConnections { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

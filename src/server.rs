@@ -19,7 +19,7 @@ use crate::config::watch::PolicyFileWatcher;
 use crate::config::{FieldError, PolicyStore};
 use crate::cost::spend::SpendSync;
 use crate::guardrails::{GuardrailRuntime, GuardrailTask};
-use crate::listener::HardenedListener;
+use crate::listener::{HardenedListener, Role};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 
@@ -44,12 +44,23 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    // Both listeners run behind `HardenedListener`: a head deadline and a keep-alive idle
-    // timeout that pingora's own connection loop does not have.
+    // Both listeners run behind `HardenedListener`: connection limits, a head deadline and a
+    // keep-alive idle timeout that pingora's own connection loop does not have. The proxy's
+    // limit is capped by the descriptors the process can have, raised here first.
+    let fd_limit = crate::listener::raise_fd_limit().unwrap_or(1_024);
+    let fd_cap = crate::listener::proxy_connection_cap(fd_limit, settings.admin_max_connections);
+    if fd_cap < settings.max_connections {
+        tracing::warn!(
+            fd_limit,
+            max_connections = settings.max_connections,
+            cap = fd_cap,
+            "the descriptor limit holds fewer proxy connections than server.max_connections"
+        );
+    }
     let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(store.clone()));
     let mut proxy = Service::new(
         "switchyard proxy".to_owned(),
-        HardenedListener::new(gateway, store.clone()),
+        HardenedListener::new(gateway, store.clone(), Role::Proxy { fd_cap }),
     );
     proxy.add_tcp(&settings.listen.to_string());
 
@@ -59,6 +70,7 @@ pub fn build(
         HardenedListener::new(
             AdminApp::new(store.clone(), guardrails.clone()),
             store.clone(),
+            Role::Admin,
         ),
     );
     admin.add_tcp(&settings.admin_listen.to_string());

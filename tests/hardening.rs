@@ -250,3 +250,102 @@ async fn a_framing_error_closes_the_connection() {
     }
     assert_eq!(sim.requests_served(), 0);
 }
+
+/// Connects and sends half a head; the answer if one (a refusal) arrives within `within`
+/// (then the peer closed), else the still open socket, which holds a place like a slow client.
+fn half_head_client(addr: SocketAddr, within: Duration) -> Result<(Duration, String), TcpStream> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(within)).unwrap();
+    let _ = s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                if out.is_empty() {
+                    return Err(s);
+                }
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok((
+        started.elapsed(),
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_thousand_slow_clients_leave_room_and_the_overflow_gets_503_fast() {
+    // 3 000 client sockets and as many accepted ones live in this one process.
+    let fds = switchyard::listener::raise_fd_limit().expect("descriptor limit readable");
+    assert!(
+        fds >= 7_000,
+        "this test needs ~6 500 descriptors; the hard limit is {fds}"
+    );
+    const SLOW: usize = 3_000;
+    const LIMIT: usize = 3_050;
+    let (sim, gw) = gateway_with_sim(&format!(
+        "max_connections = {LIMIT}\nhead_timeout_ms = 120000"
+    ))
+    .await;
+    let addr = gw.proxy_addr;
+    let admin = gw.admin_addr;
+    let outcome = tokio::task::spawn_blocking(move || {
+        // Each sends half a head and then nothing: slow clients holding their sockets.
+        let mut slow = Vec::with_capacity(SLOW);
+        for _ in 0..SLOW {
+            let mut s = TcpStream::connect(addr).expect("a slow client connects");
+            s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n")
+                .unwrap();
+            slow.push(s);
+        }
+        // A normal request is served at once, and the admin listener answers.
+        let started = Instant::now();
+        let mut s = connect(addr);
+        s.write_all(chat_request("").as_bytes()).unwrap();
+        let normal = read_one_response(&mut s);
+        let normal_took = started.elapsed();
+        drop(s);
+        let started = Instant::now();
+        let mut a = connect(admin);
+        a.write_all(b"GET /readyz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let ready = read_to_close(&mut a);
+        let ready_took = started.elapsed();
+        // Past the limit: a few more slow clients fill it, then a client is refused.
+        let mut refusal = None;
+        for _ in 0..(LIMIT - SLOW + 100) {
+            match half_head_client(addr, Duration::from_millis(200)) {
+                Ok(answer) => {
+                    refusal = Some(answer);
+                    break;
+                }
+                Err(held) => slow.push(held),
+            }
+        }
+        drop(slow);
+        (normal, normal_took, ready, ready_took, refusal)
+    })
+    .await
+    .unwrap();
+    let (normal, normal_took, ready, ready_took, refusal) = outcome;
+    assert!(normal.starts_with("HTTP/1.1 200"), "{normal}");
+    assert!(normal_took < Duration::from_secs(5), "{normal_took:?}");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ready_took < Duration::from_secs(5), "{ready_took:?}");
+    let (took, text) = refusal.expect("a client past the limit was refused");
+    assert!(took < Duration::from_secs(2), "refused after {took:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"),
+        "{text}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+    assert_eq!(sim.requests_served(), 1);
+}

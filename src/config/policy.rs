@@ -23,6 +23,11 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT_SECS: u64 = 15;
 /// and tracing headers.
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
 pub const DEFAULT_MAX_HEADERS: u64 = 100;
+/// Room for thousands of idle or slow clients (each costs one descriptor and a few KiB) while
+/// staying below what a raised descriptor limit holds with an upstream socket per connection.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+/// Operators, probes and scrapers: a few dozen at once at most.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u64 = 64;
 /// pingora reads at most this many header fields and answers more with its own 400, so our
 /// limit must stay below it for the 431 to be ours.
 pub const PINGORA_MAX_HEADERS: u64 = 256;
@@ -99,6 +104,12 @@ pub struct ServerSettings {
     /// a backend.
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Open connections the proxy listener keeps; one more is answered 503 with
+    /// `Retry-After` and closed. Capped at start by what the descriptor limit can hold.
+    pub max_connections: usize,
+    /// The admin listener's own limit, counted apart, so a proxy flood never takes the
+    /// slots `/readyz` and the admin API need.
+    pub admin_max_connections: usize,
     /// How often backends' `/metrics` are scraped; `None` when scraping is off.
     pub scrape_interval: Option<Duration>,
     /// Whether answers carry debugging headers (`x-switchyard-prefix-match`).

@@ -176,6 +176,10 @@ pub struct RawServer {
     pub max_header_bytes: Option<u64>,
     /// Most header fields in one request.
     pub max_headers: Option<u64>,
+    /// Most open connections on the proxy listener.
+    pub max_connections: Option<u64>,
+    /// Most open connections on the admin listener (counted apart from the proxy's).
+    pub admin_max_connections: Option<u64>,
     /// How often each backend's `/metrics` is scraped for its load (0 turns scraping off).
     pub scrape_interval_ms: Option<u64>,
     /// Debugging answer headers (`x-switchyard-prefix-match`). Off by default.

@@ -10,8 +10,10 @@
 //! from its first hook, after which the request runs to its end undisturbed.
 
 mod head;
+mod limit;
 
 pub use head::{check_head, head_bytes, HeadLimitExceeded};
+pub use limit::{proxy_connection_cap, raise_fd_limit, OpenConnections, FD_RESERVE};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,18 +40,32 @@ pub fn head_received() {
     let _ = HEAD_SEEN.try_with(|seen| seen.store(true, Ordering::Release));
 }
 
-/// Wraps an HTTP application (the proxy or the admin API) with the head deadline and the
-/// keep-alive idle timeout of the running policy's `[server]` settings, read per connection.
+/// Which listener a [`HardenedListener`] serves: each has its own connection limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `[server].max_connections`, capped by what the descriptor limit holds.
+    Proxy { fd_cap: usize },
+    /// `[server].admin_max_connections`.
+    Admin,
+}
+
+/// Wraps an HTTP application (the proxy or the admin API) with the connection limit, the head
+/// deadline and the keep-alive idle timeout of the running policy's `[server]` settings, read
+/// per connection.
 pub struct HardenedListener<A> {
     app: Arc<A>,
     store: Arc<PolicyStore>,
+    role: Role,
+    open: Arc<OpenConnections>,
 }
 
 impl<A> HardenedListener<A> {
-    pub fn new(app: A, store: Arc<PolicyStore>) -> HardenedListener<A> {
+    pub fn new(app: A, store: Arc<PolicyStore>, role: Role) -> HardenedListener<A> {
         HardenedListener {
             app: Arc::new(app),
             store,
+            role,
+            open: Arc::new(OpenConnections::default()),
         }
     }
 }
@@ -93,10 +109,23 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HardenedListener<A>
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (head_timeout, keepalive_secs) = {
+        let (head_timeout, keepalive_secs, limit) = {
             let snapshot = self.store.current();
             let s = &snapshot.policy.server;
-            (s.head_timeout, s.keepalive_timeout_secs)
+            let limit = match self.role {
+                Role::Proxy { fd_cap } => s.max_connections.min(fd_cap),
+                Role::Admin => s.admin_max_connections,
+            };
+            (s.head_timeout, s.keepalive_timeout_secs, limit)
+        };
+        // Held until the connection ends, whichever way.
+        let _slot = match self.open.enter(limit) {
+            Ok(slot) => slot,
+            Err(_over) => {
+                tracing::debug!(limit, "connection limit reached; answered 503");
+                limit::refuse(stream, limit).await;
+                return None;
+            }
         };
         let mut session = ServerSession::new_http1(stream);
         // A new connection has the head deadline from its accept; a reused one may first idle

@@ -95,6 +95,20 @@ pub(super) fn validate_server(raw: &RawPolicy, errors: &mut Errors) -> ServerSet
             1..=PINGORA_MAX_HEADERS - 1,
             errors,
         ) as usize,
+        max_connections: bounded(
+            "server.max_connections",
+            s.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+            1..=1_000_000,
+            errors,
+        ) as usize,
+        admin_max_connections: bounded(
+            "server.admin_max_connections",
+            s.admin_max_connections,
+            DEFAULT_ADMIN_MAX_CONNECTIONS,
+            1..=10_000,
+            errors,
+        ) as usize,
     }
 }
 
@@ -146,12 +160,14 @@ mod tests {
         assert_eq!(s.keepalive_timeout_secs, 15);
         assert_eq!(s.max_header_bytes, 32 * 1024);
         assert_eq!(s.max_headers, 100);
+        assert_eq!(s.max_connections, 10_000);
+        assert_eq!(s.admin_max_connections, 64);
     }
 
     #[test]
     fn every_out_of_range_listener_limit_is_named() {
         let errors = parse_policy(&format!(
-            "[server]\nhead_timeout_ms = 0\nkeepalive_timeout_secs = 0\nmax_header_bytes = 2000000\nmax_headers = 256\n{ROUTES}"
+            "[server]\nhead_timeout_ms = 0\nkeepalive_timeout_secs = 0\nmax_header_bytes = 2000000\nmax_headers = 256\nmax_connections = 0\nadmin_max_connections = 10001\n{ROUTES}"
         ))
         .unwrap_err();
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
@@ -161,7 +177,9 @@ mod tests {
                 "server.head_timeout_ms",
                 "server.keepalive_timeout_secs",
                 "server.max_header_bytes",
-                "server.max_headers"
+                "server.max_headers",
+                "server.max_connections",
+                "server.admin_max_connections"
             ],
             "{errors:?}"
         );
