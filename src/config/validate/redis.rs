@@ -81,23 +81,12 @@ pub(super) fn validate_redis(raw: &RawRedis, errors: &mut Errors) -> Option<Redi
 mod tests {
     use crate::config::parse_policy;
 
-    const BASE: &str = r#"
-        [[backends]]
-        name = "a"
-        url = "http://127.0.0.1:9101"
-        [[routes]]
-        name = "chat"
-        models = ["m"]
-        [[routes.arms]]
-        name = "x"
-        backends = ["a"]
-        weight = 100
-    "#;
+    use crate::config::validate::ONE_ROUTE;
 
     #[test]
     fn defaults_apply_to_a_bare_url() {
         let policy = parse_policy(&format!(
-            "{BASE}\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n"
+            "{ONE_ROUTE}\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n"
         ))
         .expect("valid");
         let redis = policy.redis.expect("redis configured");
@@ -105,13 +94,13 @@ mod tests {
         assert_eq!(redis.command_timeout.as_millis(), 100);
         assert_eq!(redis.connect_timeout.as_millis(), 500);
         assert_eq!(redis.key_prefix, "switchyard");
-        assert!(parse_policy(BASE).unwrap().redis.is_none());
+        assert!(parse_policy(ONE_ROUTE).unwrap().redis.is_none());
     }
 
     #[test]
     fn every_bad_field_is_named() {
         let errors = parse_policy(&format!(
-            "{BASE}\n[redis]\nurl = \"http://x\"\ncommand_timeout_ms = 0\nconnect_timeout_ms = 0\nkey_prefix = \"a b\"\n"
+            "{ONE_ROUTE}\n[redis]\nurl = \"http://x\"\ncommand_timeout_ms = 0\nconnect_timeout_ms = 0\nkey_prefix = \"a b\"\n"
         ))
         .unwrap_err();
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
@@ -126,7 +115,7 @@ mod tests {
             "{errors:?}"
         );
         let errors = parse_policy(&format!(
-            "{BASE}\n[redis]\nurl = \"not a url\"\ncommand_timeout_ms = 60000\n"
+            "{ONE_ROUTE}\n[redis]\nurl = \"not a url\"\ncommand_timeout_ms = 60000\n"
         ))
         .unwrap_err();
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();

@@ -138,22 +138,11 @@ fn default_threads() -> u64 {
 mod tests {
     use crate::config::parse_policy;
 
-    const ROUTES: &str = r#"
-        [[backends]]
-        name = "a"
-        url = "http://127.0.0.1:9101"
-        [[routes]]
-        name = "r"
-        models = ["m"]
-        [[routes.arms]]
-        name = "x"
-        backends = ["a"]
-        weight = 100
-    "#;
+    use crate::config::validate::ONE_ROUTE;
 
     #[test]
     fn listener_limits_default_to_room_for_real_clients() {
-        let s = parse_policy(&format!("[server]\n{ROUTES}"))
+        let s = parse_policy(&format!("[server]\n{ONE_ROUTE}"))
             .expect("valid")
             .server;
         assert_eq!(s.head_timeout.as_millis(), 5_000);
@@ -167,7 +156,7 @@ mod tests {
     #[test]
     fn every_out_of_range_listener_limit_is_named() {
         let errors = parse_policy(&format!(
-            "[server]\nhead_timeout_ms = 0\nkeepalive_timeout_secs = 0\nmax_header_bytes = 2000000\nmax_headers = 256\nmax_connections = 0\nadmin_max_connections = 10001\n{ROUTES}"
+            "[server]\nhead_timeout_ms = 0\nkeepalive_timeout_secs = 0\nmax_header_bytes = 2000000\nmax_headers = 256\nmax_connections = 0\nadmin_max_connections = 10001\n{ONE_ROUTE}"
         ))
         .unwrap_err();
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
