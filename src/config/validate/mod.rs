@@ -248,6 +248,22 @@ pub fn check_windows_swap(
     }
 }
 
+/// The smallest valid policy body (one backend, one route, one arm), for tests of a section
+/// that is appended to it.
+#[cfg(test)]
+pub(super) const ONE_ROUTE: &str = r#"
+        [[backends]]
+        name = "a"
+        url = "http://127.0.0.1:9101"
+        [[routes]]
+        name = "chat"
+        models = ["m"]
+        [[routes.arms]]
+        name = "x"
+        backends = ["a"]
+        weight = 100
+    "#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,19 +487,3 @@ mod tests {
         assert_eq!(errs[0].path, "server.listen");
     }
 }
-
-/// The smallest valid policy body (one backend, one route, one arm), for tests of a section
-/// that is appended to it.
-#[cfg(test)]
-pub(super) const ONE_ROUTE: &str = r#"
-        [[backends]]
-        name = "a"
-        url = "http://127.0.0.1:9101"
-        [[routes]]
-        name = "chat"
-        models = ["m"]
-        [[routes.arms]]
-        name = "x"
-        backends = ["a"]
-        weight = 100
-    "#;
