@@ -73,13 +73,15 @@ impl<A> HardenedListener<A> {
 impl<A: HttpServerApp + Send + Sync + 'static> HardenedListener<A> {
     /// Runs one request; `None` when the connection is done (closed, not reusable, or cut
     /// because its head did not arrive within `deadline`).
+    /// `seen` is the connection's flag, cleared here for this request.
     async fn one_request(
         &self,
         session: ServerSession,
         shutdown: &ShutdownWatch,
         deadline: Duration,
+        seen: &Arc<AtomicBool>,
     ) -> Option<ReusedHttpStream> {
-        let seen = Arc::new(AtomicBool::new(false));
+        seen.store(false, Ordering::Release);
         let request = HEAD_SEEN.scope(seen.clone(), self.app.process_new_http(session, shutdown));
         tokio::pin!(request);
         tokio::select! {
@@ -131,6 +133,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HardenedListener<A>
         // A new connection has the head deadline from its accept; a reused one may first idle
         // for the keep-alive timeout.
         let mut deadline = head_timeout;
+        let seen = Arc::new(AtomicBool::new(false));
         loop {
             // pingora's keep-alive timeout bounds the idle wait before the next request's
             // first byte; without it pingora waits forever on HTTP/1.1.
@@ -139,7 +142,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HardenedListener<A>
             } else {
                 session.set_keepalive(Some(keepalive_secs));
             }
-            let reused = self.one_request(session, shutdown, deadline).await?;
+            let reused = self.one_request(session, shutdown, deadline, &seen).await?;
             let (stream, persistent) = reused.consume();
             session = ServerSession::new_http1(stream);
             if let Some(persistent) = persistent {

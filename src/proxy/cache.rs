@@ -223,7 +223,7 @@ async fn write_hit(
     record.cost_usd = cost;
     let policy = &snapshot.policy;
     let build = || -> pingora::Result<ResponseHeader> {
-        let mut down = ResponseHeader::build(200, Some(10))?;
+        let mut down = ResponseHeader::build_no_case(200, Some(10))?;
         match &answer.body {
             AnswerBody::Plain {
                 content_type,

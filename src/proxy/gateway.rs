@@ -260,7 +260,7 @@ fn models_body<'a>(models: impl Iterator<Item = &'a str>) -> Bytes {
 }
 
 async fn write_json(session: &mut Session, status: u16, body: Bytes) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+    let mut resp = ResponseHeader::build_no_case(status, Some(3))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     session.write_response_header(Box::new(resp), false).await?;
@@ -270,7 +270,7 @@ async fn write_json(session: &mut Session, status: u16, body: Bytes) -> pingora:
 /// The gateway's own error answer, with `Retry-After` for refusals that end with a window.
 async fn write_error(session: &mut Session, e: &GatewayError) -> pingora::Result<()> {
     let body = e.body();
-    let mut resp = ResponseHeader::build(e.status(), Some(4))?;
+    let mut resp = ResponseHeader::build_no_case(e.status(), Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     if let Some(secs) = e.retry_after() {

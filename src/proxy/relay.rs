@@ -268,7 +268,9 @@ fn downstream_header(
     let upstream = http
         .response_header()
         .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
-    let mut down = ResponseHeader::build(upstream.status, Some(upstream.headers.len() + 7))?;
+    // No case map: the backend's header names go out in their canonical form (HTTP/1 names
+    // are case-insensitive), which spares an allocation per header.
+    let mut down = ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 7))?;
     for (name, value) in upstream.headers.iter() {
         if !is_hop_header(name) {
             down.append_header(name.clone(), value.clone())?;

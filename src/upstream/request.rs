@@ -46,7 +46,9 @@ pub fn upstream_base(
     client_addr: Option<String>,
 ) -> pingora::Result<RequestHeader> {
     let path = client.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut req = RequestHeader::build(
+    // No case map: header names go out in their canonical form (HTTP/1 names are
+    // case-insensitive), which spares an allocation per header here and in every clone.
+    let mut req = RequestHeader::build_no_case(
         client.method.clone(),
         path.as_bytes(),
         Some(client.headers.len() + 3),
