@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
+use super::head;
 use super::relay::format_usd;
 use super::Failure;
 use crate::cache::flight::{self, FlightGuard, Joined};
@@ -221,46 +222,64 @@ async fn write_hit(
     record.status = 200;
     record.outcome = Outcome::Success;
     record.cost_usd = cost;
-    let policy = &snapshot.policy;
-    let build = || -> pingora::Result<ResponseHeader> {
-        let mut down = ResponseHeader::build_no_case(200, Some(10))?;
+    let build = || -> pingora::Result<Box<ResponseHeader>> {
+        let mut down = head::parts(200, 10)?;
+        let headers = &mut down.headers;
         match &answer.body {
             AnswerBody::Plain {
                 content_type,
                 bytes,
             } => {
-                down.insert_header(header::CONTENT_TYPE, content_type.as_str())?;
-                down.insert_header(header::CONTENT_LENGTH, bytes.len().to_string())?;
-                down.insert_header("x-switchyard-cost-usd", format_usd(cost))?;
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_str(content_type).map_err(head::invalid)?,
+                );
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                headers.insert(
+                    head::COST_USD,
+                    HeaderValue::from_str(&format_usd(cost)).map_err(head::invalid)?,
+                );
             }
             AnswerBody::Stream { .. } => {
-                down.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
-                down.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
             }
         }
-        down.insert_header(CACHE_HEADER, "hit")?;
-        down.insert_header("x-switchyard-cache-layer", layer.as_str())?;
-        down.insert_header(header::AGE, answer.age_s(now_ms()).to_string())?;
-        down.insert_header("x-switchyard-route", answer.route.as_str())?;
-        down.insert_header("x-switchyard-arm", answer.arm.as_str())?;
-        down.insert_header("x-switchyard-backend", answer.backend.as_str())?;
-        if let Some(tier) = policy
-            .backends
-            .iter()
-            .find(|b| b.name == answer.backend)
-            .and_then(|b| b.tier.as_deref())
-        {
-            down.insert_header("x-switchyard-tier", tier)?;
-        }
-        down.insert_header("x-switchyard-policy-version", snapshot.version.to_string())?;
-        Ok(down)
+        headers.insert(head::CACHE, HeaderValue::from_static("hit"));
+        headers.insert(
+            HeaderName::from_static("x-switchyard-cache-layer"),
+            HeaderValue::from_static(layer.as_str()),
+        );
+        headers.insert(header::AGE, HeaderValue::from(answer.age_s(now_ms())));
+        head::tell(
+            headers,
+            &head::Answered {
+                route: &answer.route,
+                arm: &answer.arm,
+                backend: &answer.backend,
+                tier: snapshot
+                    .policy
+                    .backends
+                    .iter()
+                    .find(|b| b.name == answer.backend)
+                    .and_then(|b| b.tier.as_deref()),
+                policy_version: snapshot.version,
+            },
+        )?;
+        Ok(head::finish(down))
     };
     let down = build().map_err(Failure::Abort)?;
     let gone = |ctx: &mut RequestCtx, e| {
         ctx.record.outcome = Outcome::ClientAbort;
         Failure::Abort(e)
     };
-    if let Err(e) = session.write_response_header(Box::new(down), false).await {
+    if let Err(e) = session.write_response_header(down, false).await {
         return Err(gone(ctx, e));
     }
     match &answer.body {

@@ -207,7 +207,10 @@ impl Gateway {
         };
         // A client that leaves while the backend prepares its answer stops the exchange: the
         // upstream connection is dropped, which stops the backend generating for nobody.
-        let attempts = precommit(&exchange, ctx, &candidates, &mut on_sent);
+        // The upstream legs are boxed: held inline, they would make this whole future (which
+        // pingora moves into a box of its own for every request, cache hits included) several
+        // kilobytes larger.
+        let attempts = Box::pin(precommit(&exchange, ctx, &candidates, &mut on_sent));
         let committed = match first_of(attempts, client_gone(session)).await {
             Either::Left(committed) => committed?,
             Either::Right(gone) => {
@@ -215,7 +218,7 @@ impl Gateway {
                 return Err(Failure::Abort(gone));
             }
         };
-        relay(session, ctx, &exchange, committed).await
+        Box::pin(relay(session, ctx, &exchange, committed)).await
     }
 }
 

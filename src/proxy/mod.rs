@@ -17,6 +17,7 @@ mod cache;
 mod ctx;
 mod exchange;
 mod gateway;
+mod head;
 mod observe;
 mod relay;
 
