@@ -8,16 +8,16 @@
 
 use std::time::{Duration, Instant};
 
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::time::fast_timeout::fast_timeout;
 use pingora::{Error, ErrorType};
 
-use super::cache::CACHE_HEADER;
 use super::ctx::RequestCtx;
 use super::exchange::{Committed, Exchange};
 use super::gateway::client_gone;
+use super::head;
 use super::Failure;
 use crate::cost::cost_usd;
 use crate::telemetry::{CacheStatus, Outcome, Usage};
@@ -46,7 +46,7 @@ pub(super) async fn relay(
     let snapshot = x.snapshot;
     let backend = &snapshot.policy.backends[candidate.backend];
     let sent_at = answer.sent_at;
-    let (mut http, peer) = (answer.http, answer.peer);
+    let (http, peer) = (answer.http, answer.peer);
     ctx.in_flight = Some(guard);
     let record = &mut ctx.record;
     record.backend = Some(candidate.backend);
@@ -73,8 +73,16 @@ pub(super) async fn relay(
     };
     let down =
         downstream_header(ctx, x, candidate.backend, &http, settled).map_err(Failure::Abort)?;
+    // An answer read to its end goes back to the pool before the client has it, so the client's
+    // next request finds the connection there.
+    let mut http = if finished {
+        release(x.connector, http, &peer).await;
+        None
+    } else {
+        Some(http)
+    };
     session
-        .write_response_header(Box::new(down), false)
+        .write_response_header(down, false)
         .await
         .map_err(|e| gone_failure(ctx, e))?;
     for chunk in buffered {
@@ -89,7 +97,7 @@ pub(super) async fn relay(
 
     let deadline = sent_at + backend.timeouts.total;
     let mut failure = None;
-    if !finished {
+    if let Some(http) = http.as_mut() {
         failure = loop {
             let wait = backend
                 .timeouts
@@ -163,11 +171,13 @@ pub(super) async fn relay(
     let fill = ctx.cache_fill.take().zip(recorder);
     match failure {
         None => {
+            if let Some(http) = http {
+                release(x.connector, http, &peer).await;
+            }
             session
                 .write_response_body(None, true)
                 .await
                 .map_err(|e| gone_failure(ctx, e))?;
-            release(x.connector, http, &peer).await;
             if let Some((fill, recorder)) = fill {
                 let content_type = content_type.unwrap_or_default();
                 fill.finish(recorder, status, true, &content_type, snapshot, ctx);
@@ -264,49 +274,58 @@ fn downstream_header(
     backend: usize,
     http: &pingora::protocols::http::client::HttpSession,
     cost: Option<f64>,
-) -> pingora::Result<ResponseHeader> {
+) -> pingora::Result<Box<ResponseHeader>> {
     let upstream = http
         .response_header()
         .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header"))?;
-    // No case map: the backend's header names go out in their canonical form (HTTP/1 names
-    // are case-insensitive), which spares an allocation per header.
-    let mut down = ResponseHeader::build_no_case(upstream.status, Some(upstream.headers.len() + 7))?;
+    let mut down = head::parts(upstream.status.as_u16(), upstream.headers.len() + 7)?;
+    let headers = &mut down.headers;
     for (name, value) in upstream.headers.iter() {
         if !is_hop_header(name) {
-            down.append_header(name.clone(), value.clone())?;
+            headers.append(name.clone(), value.clone());
         }
     }
     if !upstream.headers.contains_key(header::CONTENT_LENGTH) {
-        down.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
     }
     let policy = &x.snapshot.policy;
     let route = &policy.routes[x.route];
-    let arm = &route.arms.arms()[ctx.record.arm.unwrap_or(0)];
-    down.insert_header("x-switchyard-route", route.name.as_str())?;
-    down.insert_header("x-switchyard-arm", arm.name.as_str())?;
-    down.insert_header(
-        "x-switchyard-backend",
-        policy.backends[backend].name.as_str(),
-    )?;
-    if let Some(tier) = &policy.backends[backend].tier {
-        down.insert_header("x-switchyard-tier", tier.as_str())?;
-    }
-    down.insert_header(
-        "x-switchyard-policy-version",
-        x.snapshot.version.to_string(),
+    let spec = &policy.backends[backend];
+    head::tell(
+        headers,
+        &head::Answered {
+            route: &route.name,
+            arm: &route.arms.arms()[ctx.record.arm.unwrap_or(0)].name,
+            backend: &spec.name,
+            tier: spec.tier.as_deref(),
+            policy_version: x.snapshot.version,
+        },
     )?;
     if let Some(cost) = cost {
-        down.insert_header("x-switchyard-cost-usd", format_usd(cost))?;
+        headers.insert(
+            head::COST_USD,
+            HeaderValue::from_str(&format_usd(cost)).map_err(head::invalid)?,
+        );
     }
     match ctx.record.cache {
         CacheStatus::Off | CacheStatus::Hit => {}
-        CacheStatus::Miss => down.insert_header(CACHE_HEADER, "miss")?,
-        CacheStatus::Bypass => down.insert_header(CACHE_HEADER, "bypass")?,
+        CacheStatus::Miss => {
+            headers.insert(head::CACHE, HeaderValue::from_static("miss"));
+        }
+        CacheStatus::Bypass => {
+            headers.insert(head::CACHE, HeaderValue::from_static("bypass"));
+        }
     }
     if let (true, Some((matched, blocks))) = (policy.server.debug_headers, ctx.prefix_match) {
-        down.insert_header(PREFIX_MATCH_HEADER, format!("{matched}/{blocks}"))?;
+        headers.insert(
+            HeaderName::from_static(PREFIX_MATCH_HEADER),
+            HeaderValue::from_str(&format!("{matched}/{blocks}")).map_err(head::invalid)?,
+        );
     }
-    Ok(down)
+    Ok(head::finish(down))
 }
 
 /// USD with enough decimals for a single small request (nano-dollars), trailing zeros trimmed.
