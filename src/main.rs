@@ -143,7 +143,8 @@ enum CacheVerb {
 fn main() -> ExitCode {
     // pingora writes an ERROR line per broken client connection: a flood of them is limited
     // to a few lines and a count per interval (see `telemetry::log_limit`).
-    let connection_errors = ConnectionErrorLog::new(log_limit::DEFAULT_BURST, log_limit::DEFAULT_INTERVAL);
+    let connection_errors =
+        ConnectionErrorLog::new(log_limit::DEFAULT_BURST, log_limit::DEFAULT_INTERVAL);
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::EnvFilter::try_from_default_env()

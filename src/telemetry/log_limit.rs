@@ -274,7 +274,11 @@ mod tests {
             summaries += 1;
             suppressed += s.count;
         }
-        assert_eq!(written + suppressed, 20_000, "every line written or counted");
+        assert_eq!(
+            written + suppressed,
+            20_000,
+            "every line written or counted"
+        );
         assert!(written <= 5 * 7, "{written} lines written");
         assert!(summaries <= 8, "{summaries} summaries");
     }
