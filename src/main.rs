@@ -140,6 +140,12 @@ enum CacheVerb {
     },
 }
 
+/// jemalloc instead of glibc's malloc: after a flood of thousands of connections glibc kept
+/// the freed per-connection memory (hundreds of MiB, growing with each flood), jemalloc's
+/// background threads give it back to the system within seconds. Figures in BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // pingora writes an ERROR line per broken client connection: a flood of them is limited
     // to a few lines and a count per interval (see `telemetry::log_limit`).

@@ -156,15 +156,16 @@ struct ClassTally {
     failed: AtomicU64,
 }
 
-/// One `/proc` sample of the gateway.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: Duration,
-    rss_kib: u64,
-    fds: u64,
+/// One reading of the gateway's `/proc`: resident memory and open descriptors.
+pub struct Sample {
+    pub at: Duration,
+    pub rss_kib: u64,
+    pub fds: u64,
 }
 
-fn sample(pid: u32, at: Duration) -> Option<Sample> {
+/// Reads `/proc/PID`; `None` once the process is gone.
+pub fn sample(pid: u32, at: Duration) -> Option<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib = status
         .lines()
