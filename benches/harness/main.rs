@@ -105,6 +105,9 @@ enum Cmd {
         swap_every: Duration,
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         sample_every: Duration,
+        /// The policy's `[guardrails] span` (e.g. `1m`; default: the gateway's 15 min).
+        #[arg(long)]
+        guardrail_span: Option<String>,
     },
     /// Floods of slow connections, reading the gateway's RSS and fds before, at the peak and
     /// after each; fails when a probe request failed.
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
             workers,
             swap_every,
             sample_every,
+            guardrail_span,
         } => {
             let switchyard = match switchyard
                 .map(Ok)
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
                 workers: workers.max(1),
                 swap_every,
                 sample_every,
+                guardrail_span,
             }))
         }
         Cmd::Flood {
