@@ -168,6 +168,7 @@ pub fn candidates(
         route.tiering.overflow_down,
         &route.balance,
         facts.prefix_blocks.len(),
+        policy.outlier.max_ejected_percent,
         &view,
         draws.balance(),
     )
@@ -193,6 +194,7 @@ pub fn candidates(
             other.tiering.overflow_down,
             &other.balance,
             facts.prefix_blocks.len(),
+            policy.outlier.max_ejected_percent,
             &view,
             draws.balance(),
         );
