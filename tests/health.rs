@@ -315,3 +315,68 @@ async fn active_checks_may_take_a_whole_arm_out() {
     assert_eq!(r.error_code(), "backends_unavailable");
     drop((a, gw));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_checks_failed_attempts_eject_a_killed_backend_and_time_readmits_it() {
+    let a = sim("a", &["m"], |_| {}).await;
+    let b = sim("b", &["m"], |_| {}).await;
+    let a_addr = a.addr();
+    let policy = server_section("")
+        + &backend("a", &a.url(), "")
+        + &backend("b", &b.url(), "")
+        + &route("chat", &["m"], "none", &[("main", &["a", "b"], 100.0)])
+        + "[outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 1000\nmax_ejection_ms = 2000\n";
+    let gw = start_gateway(&policy);
+    let c = client();
+    let load = Load::start(format!("{}/v1/chat/completions", gw.url()), 4);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while load.served_by_a.load(Ordering::Relaxed) < 5 {
+        assert!(Instant::now() < deadline, "a never served under load");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(a);
+    let health = wait_for_state(&c, &gw, "a", "ejected").await;
+    assert!(
+        health["reason"].as_str().unwrap_or("").contains("connect")
+            || health["reason"].as_str().unwrap_or("").contains("5xx"),
+        "{health}"
+    );
+    // Each time the ejection ends, a few attempts fail (hidden by retries) and it is ejected
+    // again, for longer: the count of ejections grows while it stays dead.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health_of(&c, &gw, "a").await["ejections"]
+        .as_u64()
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a dead backend was not ejected again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = SimServer::start(SimArgs {
+        listen: a_addr,
+        name: Some("a".into()),
+        models: vec!["m".into()],
+        ..SimArgs::default()
+    })
+    .await
+    .expect("a restarts on its port");
+    // Back: once its ejection runs out it serves again, with nothing probing it.
+    let served_before = load.served_by_a.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while load.served_by_a.load(Ordering::Relaxed) < served_before + 5 {
+        assert!(Instant::now() < deadline, "a was never readmitted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(health_of(&c, &gw, "a").await["state"], "healthy");
+    let (ok, failed) = load.stop().await;
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} client requests failed",
+        ok + failed
+    );
+    drop((a, b, gw));
+}
