@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` (the demo) and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test build lint prereqs bench bench-smoke soak
+.PHONY: run test build lint prereqs bench bench-smoke soak flood
 
 prereqs:
 	@scripts/prereqs.sh
@@ -45,3 +45,13 @@ SOAK_MINUTES ?= 10
 soak:
 	$(CARGO) build --release --locked --bins
 	$(TARGET_DIR)/release/switchyard-bench soak --minutes $(SOAK_MINUTES)
+
+# Floods (issue 13): FLOOD_CONNECTIONS (default 20000) slow connections, twice, against the
+# release gateway, reading its RSS and open fds before, at the peak and after each flood, while
+# a probe checks that the admin listener and normal requests still answer. Loopback only; stops
+# by itself. Not part of `make test`.
+FLOOD_CONNECTIONS ?= 20000
+
+flood:
+	$(CARGO) build --release --locked --bins
+	$(TARGET_DIR)/release/switchyard-bench flood --connections $(FLOOD_CONNECTIONS)

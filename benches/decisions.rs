@@ -4,7 +4,8 @@
 //! - `facts/*`: body → `RequestFacts` (small chat body, 64 KiB prompt), each also with the
 //!   prompt's prefix blocks hashed (`*_prefix_hashed`, what `balance = "prefix"` adds);
 //! - `decide/*`: route match + arm choice + backend order on the demo policy
-//!   (sticky by header, and a random draw), and on `routes/prefix.example.toml` with a warm
+//!   (sticky by header, a random draw, and a random draw with every backend passively ejected,
+//!   `random_draw_all_ejected`, the health branch of candidate ordering), and on `routes/prefix.example.toml` with a warm
 //!   prefix index (`prefix_balanced_warm`);
 //! - `tier/*`: the tier decision on `routes/cost.example.toml` (three tier rules, an API-key
 //!   plan): the starting tier alone, and route + arm + tier + candidate order with it;
@@ -99,6 +100,25 @@ fn decisions(c: &mut Criterion) {
         })
     });
     g.bench_function("random_draw", |b| {
+        b.iter(|| {
+            draw = (draw + 7919) % BUCKETS;
+            decide(&snapshot, &facts, &anonymous, draws(draw), |b| {
+                snapshot.backend_view(b, now, &facts)
+            })
+        })
+    });
+    // Every backend ejected (each is alone in its arm, so the max-ejected share lets it back
+    // in): the ejection branch of candidate ordering on every request.
+    for load in &snapshot.loads {
+        for _ in 0..snapshot.policy.outlier.consecutive_failures {
+            load.health.on_failure(
+                switchyard::routing::fallback::AttemptFailure::Connect,
+                &snapshot.policy.outlier,
+                now,
+            );
+        }
+    }
+    g.bench_function("random_draw_all_ejected", |b| {
         b.iter(|| {
             draw = (draw + 7919) % BUCKETS;
             decide(&snapshot, &facts, &anonymous, draws(draw), |b| {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks what building switchyard needs beyond the Rust toolchain, and installs what is missing
 # when it can (root with apt-get); otherwise prints the exact command and stops.
-#   pingora-core builds zlib-ng with cmake and a C compiler.
+#   pingora-core builds zlib-ng with cmake and a C compiler; tikv-jemalloc-sys builds jemalloc
+#   with the C compiler and make.
 # Extra package names may be passed as arguments (the bench adds nginx, the tests redis-server).
 set -euo pipefail
 

@@ -176,6 +176,9 @@ impl From<crate::routing::RoutingError> for GatewayError {
             RoutingError::BackendsSaturated { route, arm } => {
                 GatewayError::BackendsSaturated { route, arm }
             }
+            RoutingError::BackendsUnhealthy { route, arm } => {
+                GatewayError::BackendsUnavailable { route, arm }
+            }
         }
     }
 }

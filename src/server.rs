@@ -14,7 +14,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::backends::BackendScraper;
+use crate::backends::{BackendScraper, HealthChecker};
 use crate::config::watch::PolicyFileWatcher;
 use crate::config::{FieldError, PolicyStore};
 use crate::cost::spend::SpendSync;
@@ -89,6 +89,13 @@ pub fn build(
     server.add_service(background_service(
         "backend scraper",
         BackendScraper {
+            store: store.clone(),
+        },
+    ));
+    // Always running: it idles while no backend has a health check.
+    server.add_service(background_service(
+        "backend health checker",
+        HealthChecker {
             store: store.clone(),
         },
     ));

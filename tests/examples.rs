@@ -49,3 +49,33 @@ fn the_cache_example_caches_per_tenant() {
     assert_eq!((cache.ttl.as_secs(), cache.max_ttl.as_secs()), (300, 3600));
     assert_eq!(policy.cache.max_bytes, 256 * 1024 * 1024);
 }
+
+/// `routes/health.example.toml` says it shows the health fields at their defaults: keep it true.
+#[test]
+fn the_health_example_shows_the_defaults() {
+    use switchyard::config::policy::*;
+    let text = include_str!("../routes/health.example.toml");
+    let policy = switchyard::config::parse_policy(text).expect("valid");
+    assert_eq!(policy.outlier, OutlierPolicy::default());
+    for backend in &policy.backends {
+        let check = backend
+            .health_check
+            .as_ref()
+            .expect("both backends are probed");
+        assert_eq!(check.path, DEFAULT_HEALTH_PATH);
+        assert_eq!(
+            (
+                check.interval.as_millis() as u64,
+                check.timeout.as_millis() as u64,
+                u64::from(check.rise),
+                u64::from(check.fall)
+            ),
+            (
+                DEFAULT_HEALTH_INTERVAL_MS,
+                DEFAULT_HEALTH_TIMEOUT_MS,
+                DEFAULT_HEALTH_RISE,
+                DEFAULT_HEALTH_FALL
+            )
+        );
+    }
+}

@@ -10,6 +10,8 @@
 //! - `switchyard-bench load URL …`: one ad-hoc run against any address.
 //! - `switchyard-bench soak --minutes 10`: mixed traffic with policy swaps for minutes,
 //!   sampling the gateway's RSS and descriptors (`make soak`; not part of CI).
+//! - `switchyard-bench flood`: floods of slow connections, the gateway's RSS before / at the
+//!   peak / after each (`make flood`; not part of CI).
 #![deny(unsafe_code)]
 
 /// Returns early with a formatted setup error.
@@ -19,6 +21,7 @@ macro_rules! bail {
     };
 }
 
+mod flood;
 mod load;
 mod procs;
 mod report;
@@ -102,6 +105,27 @@ enum Cmd {
         swap_every: Duration,
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         sample_every: Duration,
+        /// The policy's `[guardrails] span` (e.g. `1m`; default: the gateway's 15 min).
+        #[arg(long)]
+        guardrail_span: Option<String>,
+    },
+    /// Floods of slow connections, reading the gateway's RSS and fds before, at the peak and
+    /// after each; fails when a probe request failed.
+    Flood {
+        /// The switchyard binary (default: `switchyard` next to this one).
+        #[arg(long)]
+        switchyard: Option<PathBuf>,
+        #[arg(long, default_value_t = 20_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 2)]
+        floods: usize,
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        settle: Duration,
+        /// Which allocator the gateway binary was built with, for the report.
+        #[arg(long, default_value = "as built")]
+        label: String,
     },
     /// One load run against ADDR (host:port), printed as JSON.
     Load {
@@ -140,6 +164,7 @@ fn main() -> ExitCode {
             workers,
             swap_every,
             sample_every,
+            guardrail_span,
         } => {
             let switchyard = match switchyard
                 .map(Ok)
@@ -157,6 +182,36 @@ fn main() -> ExitCode {
                 workers: workers.max(1),
                 swap_every,
                 sample_every,
+                guardrail_span,
+            }))
+        }
+        Cmd::Flood {
+            switchyard,
+            connections,
+            floods,
+            hold,
+            settle,
+            label,
+        } => {
+            let switchyard = match switchyard
+                .map(Ok)
+                .unwrap_or_else(|| std::env::current_exe().map(|p| p.with_file_name("switchyard")))
+            {
+                Ok(p) => p,
+                Err(e) => return finish(Err(e.to_string())),
+            };
+            if !(1..=100_000).contains(&connections) || !(1..=10).contains(&floods) {
+                return finish(Err(
+                    "--connections must be 1..=100000 and --floods 1..=10".to_owned()
+                ));
+            }
+            finish(flood::main(flood::FloodOptions {
+                switchyard,
+                connections,
+                floods,
+                hold,
+                settle,
+                label,
             }))
         }
         Cmd::Load {

@@ -1,6 +1,6 @@
 //! `GET /admin/backends`: each backend of the running policy with what the gateway knows of its
-//! load — requests in flight from this gateway, and its last `/metrics` scrape with its age.
-//! One object per backend so later figures (health, ejection) join as new members.
+//! load — requests in flight from this gateway, and its last `/metrics` scrape with its age —
+//! and of its health: active-check verdict or passive ejection, since when and why.
 
 use std::time::Instant;
 
@@ -47,6 +47,14 @@ pub(super) fn report(snapshot: &PolicySnapshot) -> Response<Vec<u8>> {
                 "in_flight": load.in_flight(),
                 "max_inflight": spec.max_inflight,
                 "scrape": scrape,
+                "health": crate::backends::health::report(&load.health, now),
+                "health_check": spec.health_check.as_ref().map(|c| json!({
+                    "path": c.path,
+                    "interval_ms": c.interval.as_millis() as u64,
+                    "timeout_ms": c.timeout.as_millis() as u64,
+                    "rise": c.rise,
+                    "fall": c.fall,
+                })),
             })
         })
         .collect();
@@ -55,6 +63,13 @@ pub(super) fn report(snapshot: &PolicySnapshot) -> Response<Vec<u8>> {
         &json!({
             "policy_version": snapshot.version,
             "scrape_interval_ms": snapshot.policy.server.scrape_interval.map(|d| d.as_millis() as u64),
+            "outlier": {
+                "enabled": snapshot.policy.outlier.enabled,
+                "consecutive_failures": snapshot.policy.outlier.consecutive_failures,
+                "base_ejection_ms": snapshot.policy.outlier.base_ejection.as_millis() as u64,
+                "max_ejection_ms": snapshot.policy.outlier.max_ejection.as_millis() as u64,
+                "max_ejected_percent": snapshot.policy.outlier.max_ejected_percent,
+            },
             "backends": backends,
         }),
     )

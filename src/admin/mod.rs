@@ -10,6 +10,7 @@ mod backends;
 mod guardrails;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -143,6 +144,7 @@ impl AdminApp {
     /// Everything `/metrics` shows: the request series, then the shared Redis client's.
     fn metrics_text(&self) -> String {
         let mut out = self.store.metrics().render();
+        crate::backends::health::render(&self.store.current(), Instant::now(), &mut out);
         self.store.redis().render(&mut out);
         self.store.spend().render(&mut out);
         self.store.cache().render(&mut out);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
+use super::health::BackendHealth;
 use super::prefix_index::{backend_id, BackendId};
 use super::scrape::ScrapeRecord;
 use crate::routing::ScrapeView;
@@ -25,6 +26,8 @@ pub struct BackendLoad {
     scrape: ArcSwapOption<ScrapeRecord>,
     /// Milliseconds since [`epoch`] until which the backend asked not to be sent requests.
     cool_until_ms: AtomicU64,
+    /// Active-check verdict and passive ejection.
+    pub health: BackendHealth,
 }
 
 /// A fixed instant of this process, so instants fit in an atomic as milliseconds.
@@ -33,7 +36,7 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn millis_since_epoch(t: Instant) -> u64 {
+pub(super) fn millis_since_epoch(t: Instant) -> u64 {
     t.saturating_duration_since(epoch()).as_millis() as u64
 }
 

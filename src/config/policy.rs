@@ -61,6 +61,55 @@ pub struct Policy {
     /// `[[rate_limits]]`, in policy order.
     pub rate_limits: Vec<crate::cost::RateLimitSpec>,
     pub guardrails: GuardrailSettings,
+    /// `[outlier]`: passive ejection settings, for every backend.
+    pub outlier: OutlierPolicy,
+}
+
+pub const DEFAULT_OUTLIER_FAILURES: u64 = 5;
+pub const DEFAULT_BASE_EJECTION_MS: u64 = 10_000;
+pub const DEFAULT_MAX_EJECTION_MS: u64 = 300_000;
+pub const DEFAULT_MAX_EJECTED_PERCENT: u64 = 50;
+
+/// `[outlier]`, validated: when failed attempts eject a backend and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    pub enabled: bool,
+    /// Failed attempts in a row that eject a backend.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; doubled by each repeated ejection up to `max_ejection`.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// Largest share of an arm's backends left out for being ejected (at most all but one).
+    pub max_ejected_percent: u8,
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        OutlierPolicy {
+            enabled: true,
+            consecutive_failures: DEFAULT_OUTLIER_FAILURES as u32,
+            base_ejection: Duration::from_millis(DEFAULT_BASE_EJECTION_MS),
+            max_ejection: Duration::from_millis(DEFAULT_MAX_EJECTION_MS),
+            max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT as u8,
+        }
+    }
+}
+
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2_000;
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1_000;
+pub const DEFAULT_HEALTH_RISE: u64 = 2;
+pub const DEFAULT_HEALTH_FALL: u64 = 2;
+
+/// `[backends.health_check]`, validated: how one backend is probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path and query probed with `GET`; any 2xx passes.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
 }
 
 pub const DEFAULT_GUARDRAIL_INTERVAL: Duration = Duration::from_secs(5);
@@ -138,6 +187,8 @@ pub struct BackendSpec {
     pub timeouts: BackendTimeouts,
     /// May see clients' credentials in shadow copies.
     pub trusted: bool,
+    /// Active probe; `None` leaves the backend to passive ejection alone.
+    pub health_check: Option<HealthCheck>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

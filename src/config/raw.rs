@@ -31,6 +31,39 @@ pub struct RawPolicy {
     /// `[cache]`: settings of the response cache shared by every route.
     pub cache: Option<RawCache>,
     pub guardrails: Option<RawGuardrailSettings>,
+    /// `[outlier]`: passive ejection of backends whose attempts keep failing.
+    pub outlier: Option<RawOutlier>,
+}
+
+/// `[outlier]`: when a backend whose attempts keep failing is taken out of rotation, and for
+/// how long. Applies to every backend.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    /// Off switch (default on).
+    pub enabled: Option<bool>,
+    /// Failed attempts in a row (connect error, 5xx, timeout) that eject a backend.
+    pub consecutive_failures: Option<u64>,
+    /// Length of the first ejection; each repeated one doubles it.
+    pub base_ejection_ms: Option<u64>,
+    /// Longest ejection.
+    pub max_ejection_ms: Option<u64>,
+    /// Largest share of an arm's backends ejected at once (never all of them).
+    pub max_ejected_percent: Option<u64>,
+}
+
+/// `[backends.health_check]`: an active probe of one backend.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path probed with `GET` (default `/health`, which vLLM serves).
+    pub path: Option<String>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// Passing probes in a row that bring an unhealthy backend back.
+    pub rise: Option<u64>,
+    /// Failing probes in a row that take a healthy backend out.
+    pub fall: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,6 +234,8 @@ pub struct RawBackend {
     pub total_timeout_ms: Option<u64>,
     /// The backend may see clients' credentials when it receives shadow copies (default false).
     pub trusted: Option<bool>,
+    /// Active health check (off when absent).
+    pub health_check: Option<RawHealthCheck>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -136,7 +136,7 @@ impl PolicySnapshot {
     }
 
     /// What candidate ordering sees of backend `b` at `now` for the request of `facts`: its
-    /// tier, load, cooldown, what the request would cost there, its scraped load and — when the
+    /// tier, load, cooldown, health, what the request would cost there, its scraped load and — when the
     /// request's prefix was hashed — how many of its blocks the backend is believed to hold.
     pub fn backend_view(&self, b: usize, now: Instant, facts: &RequestFacts) -> BackendView {
         let spec = &self.policy.backends[b];
@@ -160,6 +160,8 @@ impl PolicySnapshot {
                 ScrapeView::Unknown
             },
             matched_blocks: self.matched_blocks(b, &facts.prefix_blocks),
+            down: load.health.down(),
+            ejected_until: load.health.ejected_until(now),
         }
     }
 

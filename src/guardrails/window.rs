@@ -539,6 +539,43 @@ mod tests {
         assert_eq!(s.cumulative().requests(), 10);
     }
 
+    /// The soak's RSS rose ~1.9 MiB a minute for its 10 minutes: that is these windows filling
+    /// (a slice per 10 s per series until the span is full). This pins the bound: the ring
+    /// never holds more than the span's slices, and one slice of streaming figures up to ~1 s
+    /// costs at most 80 KiB of histogram counts, so a series stays under
+    /// `slices × 80 KiB` (90 × 80 KiB ≈ 7 MiB at the default 15 min span).
+    #[test]
+    fn a_series_holds_at_most_a_span_of_slices_of_bounded_size() {
+        let s = series(); // 10 s slices over 60 s: 6 slices
+        let gaps = [Duration::from_millis(40); 32];
+        let mut f = figures(OutcomeClass::Success, 1_250);
+        f.ttft = Some(Duration::from_millis(250));
+        f.inter_token = &gaps;
+        f.output_tokens = Some(33);
+        f.cost_usd = Some(0.000_05);
+        // Ten minutes of one request every 100 ms: ten times the span.
+        for t in (0..600_000u64).step_by(100) {
+            s.record(t, &f);
+        }
+        let closed = s.closed.lock();
+        assert!(
+            closed.ring.len() <= 6,
+            "{} slices kept for a 6-slice span",
+            closed.ring.len()
+        );
+        for (index, slice) in &closed.ring {
+            let bytes: usize = slice
+                .hists
+                .iter()
+                .map(|h| h.distinct_values() * std::mem::size_of::<u64>())
+                .sum();
+            assert!(
+                bytes <= 80 * 1024,
+                "slice {index}: {bytes} bytes of histogram counts"
+            );
+        }
+    }
+
     #[test]
     fn outcome_classes_and_signals_are_counted() {
         let s = series();

@@ -131,6 +131,7 @@ pub(super) async fn precommit(
                     }
                 }
                 snapshot.backend_attempts[candidate.backend].record(None);
+                load.health.on_success();
                 return Ok(committed);
             }
             Err(failed) => failed,
@@ -140,6 +141,13 @@ pub(super) async fn precommit(
             failure: Some(failed.kind),
         });
         snapshot.backend_attempts[candidate.backend].record(Some(failed.kind));
+        // Every failed attempt counts toward ejection, also those a retry hides from the client.
+        if let Some(ejection) =
+            load.health
+                .on_failure(failed.kind, &snapshot.policy.outlier, Instant::now())
+        {
+            tracing::warn!(backend = %backend.name, failure = failed.kind.as_str(), ejected_ms = ejection.length.as_millis() as u64, "backend ejected");
+        }
         tracing::debug!(route = %route.name, backend = %backend.name, failure = failed.kind.as_str(), "attempt failed");
         let verdict = fallback::verdict(
             &route.retry,

@@ -6,7 +6,11 @@
 //! `least_inflight` (the default) the cheapest backend for this request comes first (expected
 //! cost from the request's size and the backend's price), then the least loaded, ties rotated so
 //! equal backends share the work; `round_robin` and `prefix` order the tier by their own rules. A backend at its `max_inflight` or cooling down after a 429 is left
-//! out. Pure: the caller passes a view of load and cooldowns taken at one instant.
+//! out, and so is one its active health check calls unhealthy (even the last of an arm). A
+//! passively ejected backend is left out too, but never more than the outlier policy's
+//! `max_ejected_percent` of the arm's healthy backends and never all of them: past that share
+//! the ejections ending soonest are ignored. Pure: the caller passes a view of load, cooldowns
+//! and health taken at one instant.
 
 use super::balance::{self, Balance, BalanceDraws, BalanceView, ScrapeView};
 
@@ -25,12 +29,52 @@ pub struct BackendView {
     pub scrape: ScrapeView,
     /// Leading blocks of the request's prompt the backend is believed to hold.
     pub matched_blocks: usize,
+    /// Its active health check calls it unhealthy.
+    pub down: bool,
+    /// When its passive ejection ends (milliseconds on the process clock), if it is ejected.
+    pub ejected_until: Option<u64>,
 }
 
 impl BackendView {
     fn open(&self) -> bool {
-        self.in_flight < self.max_inflight && !self.cooling
+        self.in_flight < self.max_inflight && !self.cooling && !self.down
     }
+}
+
+/// How many of `live` backends (those not taken out by active checks) passive ejection may
+/// leave out at once: `percent` of them rounded down, and never all.
+pub fn max_ejected(live: usize, percent: u8) -> usize {
+    (live * usize::from(percent) / 100).min(live.saturating_sub(1))
+}
+
+/// Which of `views` (position in the arm, view) are ejected and stay out: all of them when
+/// they are within `max_ejected_percent` of the arm's backends not down, else only the share
+/// allowed, those whose ejection ends last. No allocation: arms are small, the count is
+/// quadratic in their size.
+fn stays_ejected(views: &[(usize, usize, BackendView)], i: usize, max_ejected_percent: u8) -> bool {
+    let Some(until) = views[i].2.ejected_until else {
+        return false;
+    };
+    let live = views.iter().filter(|(_, _, v)| !v.down).count();
+    let ejected = views
+        .iter()
+        .filter(|(_, _, v)| !v.down && v.ejected_until.is_some())
+        .count();
+    let allowed = max_ejected(live, max_ejected_percent);
+    if ejected <= allowed {
+        return true;
+    }
+    // Rank among the ejected by end time (ties by arm position): the latest `allowed` stay out.
+    let later = views
+        .iter()
+        .enumerate()
+        .filter(|(j, (_, _, v))| {
+            !v.down
+                && v.ejected_until
+                    .is_some_and(|u| u > until || (u == until && *j > i))
+        })
+        .count();
+    later < allowed
 }
 
 /// The tiers to try, in order: `start` and each above it, then — with `overflow_down` — each
@@ -57,17 +101,33 @@ pub fn order_backends(
     overflow_down: bool,
     balance: &Balance,
     prompt_blocks: usize,
+    max_ejected_percent: u8,
     view: impl Fn(usize) -> BackendView,
     draws: BalanceDraws,
 ) -> Vec<usize> {
     let rotation = draws.rotation;
     let n = backends.len().max(1);
-    let views: Vec<(usize, usize, BackendView)> = backends
+    let mut views: Vec<(usize, usize, BackendView)> = backends
         .iter()
         .enumerate()
         .map(|(pos, &b)| (b, (pos + n - rotation % n) % n, view(b)))
-        .filter(|(_, _, v)| v.open())
         .collect();
+    // Decided on the views as taken, then applied: one decision must not shift the next.
+    let mut out_mask = 0u128;
+    if views.iter().any(|(_, _, v)| v.ejected_until.is_some()) {
+        for i in 0..views.len().min(128) {
+            if stays_ejected(&views, i, max_ejected_percent) {
+                out_mask |= 1 << i;
+            }
+        }
+    }
+    let mut i = 0;
+    views.retain(|(_, _, v)| {
+        // Ejection is weighed for an arm's first 128 backends; beyond, only load and checks.
+        let keep = v.open() && (i >= 128 || out_mask & (1u128 << i) == 0);
+        i += 1;
+        keep
+    });
     let mut out = Vec::with_capacity(views.len());
     for tier in tier_sequence(start_tier, tiers, overflow_down) {
         let mut in_tier: Vec<_> = views.iter().filter(|(_, _, v)| v.tier == tier).collect();
@@ -127,6 +187,8 @@ mod tests {
             expected_cost: cost,
             scrape: ScrapeView::Unknown,
             matched_blocks: 0,
+            down: false,
+            ejected_until: None,
         }
     }
 
@@ -153,6 +215,7 @@ mod tests {
             false,
             &Balance::LeastInflight,
             0,
+            50,
             |b| views[b],
             rot(0),
         );
@@ -166,6 +229,7 @@ mod tests {
                 false,
                 &Balance::LeastInflight,
                 0,
+                50,
                 |b| views[b],
                 rot(0)
             ),
@@ -179,6 +243,7 @@ mod tests {
                 true,
                 &Balance::LeastInflight,
                 0,
+                50,
                 |b| views[b],
                 rot(0)
             ),
@@ -198,6 +263,7 @@ mod tests {
                 false,
                 &Balance::LeastInflight,
                 0,
+                50,
                 |b| views[b],
                 rot(0)
             ),
@@ -216,6 +282,7 @@ mod tests {
                     false,
                     &Balance::LeastInflight,
                     0,
+                    50,
                     |_| v(0, 0, 0.0),
                     rot(r),
                 )[0]
@@ -236,8 +303,71 @@ mod tests {
             explore_bp: 0,
             ..Default::default()
         });
-        let order = order_backends(&[0, 1, 2, 3], 0, 2, false, &prefix, 8, |b| views[b], rot(0));
+        let order = order_backends(
+            &[0, 1, 2, 3],
+            0,
+            2,
+            false,
+            &prefix,
+            8,
+            50,
+            |b| views[b],
+            rot(0),
+        );
         assert_eq!(order, vec![1, 0, 3, 2]);
+    }
+
+    fn order(views: &[BackendView], max_ejected_percent: u8) -> Vec<usize> {
+        let all: Vec<usize> = (0..views.len()).collect();
+        order_backends(
+            &all,
+            0,
+            1,
+            false,
+            &Balance::LeastInflight,
+            0,
+            max_ejected_percent,
+            |b| views[b],
+            rot(0),
+        )
+    }
+
+    #[test]
+    fn never_all_of_an_arm_is_ejected() {
+        assert_eq!(max_ejected(1, 100), 0);
+        assert_eq!(max_ejected(2, 50), 1);
+        assert_eq!(max_ejected(2, 100), 1);
+        assert_eq!(max_ejected(3, 50), 1);
+        assert_eq!(max_ejected(4, 50), 2);
+        assert_eq!(max_ejected(10, 0), 0);
+        assert_eq!(max_ejected(0, 50), 0);
+    }
+
+    #[test]
+    fn ejected_backends_stay_out_within_the_allowed_share() {
+        let mut views = [v(0, 0, 0.0), v(0, 1, 0.0), v(0, 2, 0.0), v(0, 3, 0.0)];
+        views[0].ejected_until = Some(5_000);
+        assert_eq!(order(&views, 50), vec![1, 2, 3]);
+        views[2].ejected_until = Some(9_000);
+        assert_eq!(order(&views, 50), vec![1, 3]);
+        // A third ejection is past 50 %: the one ending soonest (0) is let back in.
+        views[3].ejected_until = Some(7_000);
+        assert_eq!(order(&views, 50), vec![0, 1]);
+        // 0 % keeps nobody out; 100 % keeps all but the one ending soonest out.
+        assert_eq!(order(&views, 0), vec![0, 1, 2, 3]);
+        views[1].ejected_until = Some(8_000);
+        assert_eq!(order(&views, 100), vec![0]);
+    }
+
+    #[test]
+    fn unhealthy_backends_are_out_even_all_of_them_and_shrink_the_ejection_share() {
+        let mut views = [v(0, 0, 0.0), v(0, 1, 0.0)];
+        views[0].down = true;
+        views[1].ejected_until = Some(1);
+        // Of one live backend none may be ejected: it serves despite its ejection.
+        assert_eq!(order(&views, 100), vec![1]);
+        views[1].down = true;
+        assert_eq!(order(&views, 100), Vec::<usize>::new());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum RoutingError {
         "every backend of route `{route}` arm `{arm}` is at its in-flight limit or cooling down"
     )]
     BackendsSaturated { route: String, arm: String },
+    #[error("every backend of route `{route}` arm `{arm}` fails its health check")]
+    BackendsUnhealthy { route: String, arm: String },
 }
 
 /// The randomness a decision may use, drawn by the caller.
@@ -168,6 +170,7 @@ pub fn candidates(
         route.tiering.overflow_down,
         &route.balance,
         facts.prefix_blocks.len(),
+        policy.outlier.max_ejected_percent,
         &view,
         draws.balance(),
     )
@@ -193,6 +196,7 @@ pub fn candidates(
             other.tiering.overflow_down,
             &other.balance,
             facts.prefix_blocks.len(),
+            policy.outlier.max_ejected_percent,
             &view,
             draws.balance(),
         );
@@ -207,9 +211,13 @@ pub fn candidates(
         }
     }
     if out.is_empty() {
-        return Err(RoutingError::BackendsSaturated {
-            route: route.name.clone(),
-            arm: arm.name.clone(),
+        // Taken out by health checks is not a load problem: say so.
+        let unhealthy = arm.backends.iter().all(|&b| view(b).down);
+        let (route, arm) = (route.name.clone(), arm.name.clone());
+        return Err(if unhealthy {
+            RoutingError::BackendsUnhealthy { route, arm }
+        } else {
+            RoutingError::BackendsSaturated { route, arm }
         });
     }
     Ok(out)

@@ -129,6 +129,7 @@ pub(super) fn validate_backend(
             0
         }
     };
+    let health_check = super::health::validate_health_check(path, b.health_check.as_ref(), errors);
     let (addr, authority) = target?;
     Some(BackendSpec {
         name: b.name.clone(),
@@ -146,5 +147,6 @@ pub(super) fn validate_backend(
         max_inflight: max_inflight.min(u64::from(u32::MAX)) as u32,
         timeouts,
         trusted: b.trusted.unwrap_or(false),
+        health_check,
     })
 }

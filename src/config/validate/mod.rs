@@ -14,6 +14,7 @@ mod budget;
 mod cache;
 mod cost;
 mod guardrails;
+mod health;
 mod redis;
 mod route;
 mod server;
@@ -69,6 +70,7 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
     let guardrails = guardrails::validate_settings(raw, &mut errors);
     let tiers = cost::validate_tiers(raw, &mut errors);
     let plans = cost::validate_plans(raw.plans.as_ref(), &mut errors);
+    let outlier = health::validate_outlier(raw.outlier.as_ref(), &mut errors);
 
     let mut backend_index = HashMap::new();
     let mut backends = Vec::with_capacity(raw.backends.len());
@@ -165,6 +167,7 @@ pub fn validate(raw: &RawPolicy) -> Result<Policy, Vec<FieldError>> {
             redis,
             budgets,
             rate_limits,
+            outlier,
         })
     } else {
         Err(errors.0)
