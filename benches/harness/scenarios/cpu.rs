@@ -28,7 +28,7 @@ pub(super) fn cpu_per_request(ctx: &Ctx) -> Result<ScenarioResult> {
         metric: "proxy user+sys CPU µs/request (direct: the sim's own)".into(),
         cells: [d, n, s],
         ratio: r,
-        target: Some(Verdict::at_most("≤ 1.5× nginx", r, 1.5)),
+        target: Some(Verdict::at_most("≤ 1.3× nginx", r, 1.3)),
     });
     result.notes = errors_note(&reports);
     result.notes.push(format!(
