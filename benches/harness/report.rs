@@ -179,7 +179,7 @@ impl Results {
         Self {
             meta: Meta {
                 mode: if opts.smoke { "smoke" } else { "suite" }.to_owned(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
+                command: invocation(),
                 commit: commit(),
                 date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                 machine: machine(),
@@ -228,6 +228,27 @@ impl Results {
         }
         out
     }
+}
+
+/// How the run was started, without the build folder: `make bench` for the plain suite.
+fn invocation() -> String {
+    let mut args = std::env::args();
+    let program = args
+        .next()
+        .map(|p| {
+            Path::new(&p)
+                .file_name()
+                .map_or(p.clone(), |n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    if rest == ["suite"] {
+        return "make bench".to_owned();
+    }
+    std::iter::once(program)
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn commit() -> String {
