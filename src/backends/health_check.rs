@@ -15,16 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::{BodyExt, Limited};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::time::Instant;
 
+use super::scrape::{poll_client, within, HttpClient};
 use super::BackendLoad;
 use crate::config::policy::HealthCheck;
 use crate::config::PolicyStore;
@@ -39,7 +36,6 @@ pub struct HealthChecker {
     pub store: Arc<PolicyStore>,
 }
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 type Key = (String, SocketAddr);
 type ProbeDone = (Key, Arc<BackendLoad>, HealthCheck, Result<(), String>);
 
@@ -61,22 +57,13 @@ async fn probe(client: &HttpClient, url: &str, check: &HealthCheck) -> Result<()
             Err(format!("status {status}"))
         }
     };
-    match tokio::time::timeout(check.timeout, fetch).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no answer within {} ms", check.timeout.as_millis())),
-    }
+    within(check.timeout, fetch).await
 }
 
 #[async_trait]
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1)
-            .build(connector);
+        let client = poll_client();
         let mut due: HashMap<Key, Instant> = HashMap::new();
         let mut out: HashSet<Key> = HashSet::new();
         let mut probes: FuturesUnordered<Pin<Box<dyn Future<Output = ProbeDone> + Send>>> =

@@ -132,7 +132,30 @@ pub struct BackendScraper {
     pub store: Arc<PolicyStore>,
 }
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+/// The client the background pollers (this scraper, the health checker) reach backends with:
+/// one idle connection per backend, kept between polls.
+pub(super) type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+pub(super) fn poll_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1)
+        .build(connector)
+}
+
+/// `fetch`'s result, or an error naming `timeout` when it took longer.
+pub(super) async fn within<T>(
+    timeout: Duration,
+    fetch: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, fetch).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+    }
+}
 
 /// One scrape of `url`'s `/metrics`, bounded by `timeout` and [`MAX_METRICS_BYTES`].
 async fn scrape_once(
@@ -156,22 +179,13 @@ async fn scrape_once(
         let text = std::str::from_utf8(&body).map_err(|e| e.to_string())?;
         parse_metrics(text)
     };
-    match tokio::time::timeout(timeout, fetch).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-    }
+    within(timeout, fetch).await
 }
 
 #[async_trait]
 impl BackgroundService for BackendScraper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1)
-            .build(connector);
+        let client = poll_client();
         loop {
             let snapshot = self.store.current();
             let Some(interval) = snapshot.policy.server.scrape_interval else {
