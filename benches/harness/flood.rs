@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 
 use crate::load::blocking_request;
-use crate::procs::{free_port, local, Pinning, ScratchDir};
+use crate::procs::{free_port, local, ScratchDir};
 use crate::soak::sample;
 use crate::targets::{Env, Sim, SimTiming, Switchyard, MODEL, TOKEN_ENV};
 use crate::Result;
@@ -98,13 +98,7 @@ pub fn main(opts: FloodOptions) -> Result<()> {
     let fd_limit = switchyard::listener::raise_fd_limit().unwrap_or(1024);
     crate::procs::kill_children_on_signal();
     let tmp = ScratchDir::new()?;
-    let env = Env {
-        switchyard: opts.switchyard.clone(),
-        nginx: None,
-        pin: Pinning::none(),
-        dir: tmp.path().to_owned(),
-        token: format!("flood-{:016x}", rand::random::<u64>()),
-    };
+    let env = Env::gateway_only(opts.switchyard.clone(), tmp.path().to_owned(), "flood");
     let sim = Sim::start(&env, "flood", SimTiming::default())?;
     let (listen, admin) = (local(free_port()), local(free_port()));
     // The head deadline outlasts connecting and holding, so only the clients end connections.

@@ -166,12 +166,9 @@ fn main() -> ExitCode {
             sample_every,
             guardrail_span,
         } => {
-            let switchyard = match switchyard
-                .map(Ok)
-                .unwrap_or_else(|| std::env::current_exe().map(|p| p.with_file_name("switchyard")))
-            {
+            let switchyard = match gateway_binary(switchyard) {
                 Ok(p) => p,
-                Err(e) => return finish(Err(e.to_string())),
+                Err(e) => return finish(Err(e)),
             };
             if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
                 return finish(Err(format!("--minutes {minutes}: must be in (0, 1440]")));
@@ -193,12 +190,9 @@ fn main() -> ExitCode {
             settle,
             label,
         } => {
-            let switchyard = match switchyard
-                .map(Ok)
-                .unwrap_or_else(|| std::env::current_exe().map(|p| p.with_file_name("switchyard")))
-            {
+            let switchyard = match gateway_binary(switchyard) {
                 Ok(p) => p,
-                Err(e) => return finish(Err(e.to_string())),
+                Err(e) => return finish(Err(e)),
             };
             if !(1..=100_000).contains(&connections) || !(1..=10).contains(&floods) {
                 return finish(Err(
@@ -279,5 +273,15 @@ fn finish(r: Result<()>) -> ExitCode {
             eprintln!("switchyard-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The gateway binary a standalone run starts: the one given, or `switchyard` beside this one.
+fn gateway_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p),
+        None => std::env::current_exe()
+            .map(|p| p.with_file_name("switchyard"))
+            .map_err(|e| e.to_string()),
     }
 }

@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 
 use crate::load::blocking_request;
-use crate::procs::{free_port, local, Pinning, ScratchDir};
+use crate::procs::{free_port, local, ScratchDir};
 use crate::targets::{Env, Sim, SimTiming, Switchyard, MODEL, TOKEN_ENV};
 use crate::Result;
 use std::net::SocketAddr;
@@ -237,13 +237,7 @@ pub fn main(opts: SoakOptions) -> Result<()> {
     }
     crate::procs::kill_children_on_signal();
     let tmp = ScratchDir::new()?;
-    let env = Env {
-        switchyard: opts.switchyard.clone(),
-        nginx: None,
-        pin: Pinning::none(),
-        dir: tmp.path().to_owned(),
-        token: format!("soak-{:016x}", rand::random::<u64>()),
-    };
+    let env = Env::gateway_only(opts.switchyard.clone(), tmp.path().to_owned(), "soak");
     let fast = SimTiming {
         ttft_ms: 5,
         tpot_ms: 2,

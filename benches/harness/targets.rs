@@ -25,6 +25,18 @@ pub struct Env {
 }
 
 impl Env {
+    /// switchyard alone (no nginx, nothing pinned) in `dir`, for the soak and the flood; `tag`
+    /// names the run in its admin token.
+    pub fn gateway_only(switchyard: PathBuf, dir: PathBuf, tag: &str) -> Env {
+        Env {
+            switchyard,
+            nginx: None,
+            pin: Pinning::none(),
+            dir,
+            token: format!("{tag}-{:016x}", rand::random::<u64>()),
+        }
+    }
+
     fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
