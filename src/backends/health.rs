@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::load::millis_since_epoch;
+use super::clock::millis_since_epoch;
 use crate::config::policy::OutlierPolicy;
 use crate::routing::fallback::AttemptFailure;
 

@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 
+use super::clock::millis_since_epoch;
 use super::health::BackendHealth;
 use super::prefix_index::{backend_id, BackendId};
 use super::scrape::ScrapeRecord;
@@ -24,20 +25,10 @@ pub struct BackendLoad {
     id: BackendId,
     /// Written by the scraper, read by requests: one atomic pointer, no lock.
     scrape: ArcSwapOption<ScrapeRecord>,
-    /// Milliseconds since [`epoch`] until which the backend asked not to be sent requests.
+    /// Milliseconds since the process's epoch (`clock`) until which the backend asked not to be sent requests.
     cool_until_ms: AtomicU64,
     /// Active-check verdict and passive ejection.
     pub health: BackendHealth,
-}
-
-/// A fixed instant of this process, so instants fit in an atomic as milliseconds.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-pub(super) fn millis_since_epoch(t: Instant) -> u64 {
-    t.saturating_duration_since(epoch()).as_millis() as u64
 }
 
 impl BackendLoad {

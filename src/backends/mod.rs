@@ -3,6 +3,7 @@
 //! Decisions read them through plain views; only the scraper and the health checker do I/O, in
 //! the background.
 
+mod clock;
 pub mod health;
 pub mod health_check;
 pub mod load;

@@ -21,9 +21,6 @@ use crate::cache::{AnswerBody, CacheKey, CachedAnswer, Layer, Plan, Recorder, Re
 use crate::config::PolicySnapshot;
 use crate::telemetry::{CacheStatus, Outcome};
 
-/// The header that tells the client what the cache did: `hit`, `miss` or `bypass`.
-pub const CACHE_HEADER: &str = "x-switchyard-cache";
-
 /// A miss whose answer may be stored: carried in the request's context to the relay.
 pub(crate) struct Fill {
     cache: Arc<ResponseCache>,

@@ -18,7 +18,8 @@ pub(super) const TIER: HeaderName = HeaderName::from_static("x-switchyard-tier")
 pub(super) const POLICY_VERSION: HeaderName =
     HeaderName::from_static("x-switchyard-policy-version");
 pub(super) const COST_USD: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
-pub(super) const CACHE: HeaderName = HeaderName::from_static(super::cache::CACHE_HEADER);
+/// `hit`, `miss` or `bypass`: what the cache did.
+pub(super) const CACHE: HeaderName = HeaderName::from_static("x-switchyard-cache");
 
 /// Who answered a request, as the client is told in `x-switchyard-*` headers.
 pub(super) struct Answered<'a> {
