@@ -32,7 +32,7 @@ pub enum GatewayError {
     #[error("The backend failed: {0}")]
     UpstreamFailed(String),
     #[error("{0}")]
-    HeadersTooLarge(crate::listener::HeadLimitExceeded),
+    HeadersTooLarge(String),
     #[error(
         "The gateway is at its connection limit ({limit}); try again in {retry_after} seconds."
     )]

@@ -11,10 +11,11 @@ pub enum HeadLimitExceeded {
     TooManyBytes { bytes: usize, limit: usize },
 }
 
-/// The head's size as it travelled: request line (`METHOD URI HTTP/1.1\r\n`) and every field
-/// (`name: value\r\n`), so a limit in bytes means what an operator reading a capture expects.
-pub fn head_bytes(method: &str, uri: &str, headers: &HeaderMap) -> usize {
-    let request_line = method.len() + 1 + uri.len() + " HTTP/1.1\r\n".len();
+/// The head's size as it travelled: request line (`METHOD TARGET HTTP/1.1\r\n`, the target as
+/// the client sent it) and every field (`name: value\r\n`), so a limit in bytes means what an
+/// operator reading a capture expects.
+pub fn head_bytes(method: &str, target: &[u8], headers: &HeaderMap) -> usize {
+    let request_line = method.len() + 1 + target.len() + " HTTP/1.1\r\n".len();
     request_line
         + headers
             .iter()
@@ -55,7 +56,7 @@ mod tests {
         headers.insert("host", "a".parse().unwrap());
         headers.append("x-y", "bc".parse().unwrap());
         // "POST /v1 HTTP/1.1\r\n" = 19, "host: a\r\n" = 9, "x-y: bc\r\n" = 9
-        assert_eq!(head_bytes("POST", "/v1", &headers), 19 + 9 + 9);
+        assert_eq!(head_bytes("POST", b"/v1", &headers), 19 + 9 + 9);
     }
 
     #[test]

@@ -54,11 +54,11 @@ impl Gateway {
         let limits = &snapshot.policy.server;
         check_head(
             req.headers.len(),
-            head_bytes(req.method.as_str(), &req.uri.to_string(), &req.headers),
+            head_bytes(req.method.as_str(), req.raw_path(), &req.headers),
             limits.max_headers,
             limits.max_header_bytes,
         )
-        .map_err(GatewayError::HeadersTooLarge)?;
+        .map_err(|e| GatewayError::HeadersTooLarge(e.to_string()))?;
         let path = req.uri.path();
         if path == "/v1/models" {
             if req.method != Method::GET {
