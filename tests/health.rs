@@ -123,6 +123,16 @@ impl Load {
         }
     }
 
+    /// Waits (bounded) until `a` has answered 5 more requests: it is back in rotation.
+    async fn until_a_serves_again(&self) {
+        let served_before = self.served_by_a.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.served_by_a.load(Ordering::Relaxed) < served_before + 5 {
+            assert!(Instant::now() < deadline, "a was never readmitted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn stop(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
         for w in self.workers {
@@ -133,6 +143,18 @@ impl Load {
             self.failed.load(Ordering::Relaxed),
         )
     }
+}
+
+/// Sim "a" started again on `addr`, where the killed one listened.
+async fn restart_a(addr: std::net::SocketAddr) -> SimServer {
+    SimServer::start(SimArgs {
+        listen: addr,
+        name: Some("a".into()),
+        models: vec!["m".into()],
+        ..SimArgs::default()
+    })
+    .await
+    .expect("a restarts on its port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,21 +207,9 @@ async fn a_backend_killed_under_load_is_taken_out_without_failures_and_readmitte
     assert!(text.contains("switchyard_backend_health{backend=\"b\",state=\"healthy\"} 1"));
 
     // Back on the same port: probes pass, it is readmitted and serves again.
-    let a = SimServer::start(SimArgs {
-        listen: a_addr,
-        name: Some("a".into()),
-        models: vec!["m".into()],
-        ..SimArgs::default()
-    })
-    .await
-    .expect("a restarts on its port");
+    let a = restart_a(a_addr).await;
     wait_for_state(&c, &gw, "a", "healthy").await;
-    let served_before = load.served_by_a.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while load.served_by_a.load(Ordering::Relaxed) < served_before + 5 {
-        assert!(Instant::now() < deadline, "a was never readmitted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    load.until_a_serves_again().await;
     let (ok, failed) = load.stop().await;
     assert_eq!(
         failed,
@@ -355,21 +365,9 @@ async fn without_checks_failed_attempts_eject_a_killed_backend_and_time_readmits
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let a = SimServer::start(SimArgs {
-        listen: a_addr,
-        name: Some("a".into()),
-        models: vec!["m".into()],
-        ..SimArgs::default()
-    })
-    .await
-    .expect("a restarts on its port");
+    let a = restart_a(a_addr).await;
     // Back: once its ejection runs out it serves again, with nothing probing it.
-    let served_before = load.served_by_a.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while load.served_by_a.load(Ordering::Relaxed) < served_before + 5 {
-        assert!(Instant::now() < deadline, "a was never readmitted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    load.until_a_serves_again().await;
     assert_eq!(health_of(&c, &gw, "a").await["state"], "healthy");
     let (ok, failed) = load.stop().await;
     assert_eq!(
