@@ -2,13 +2,16 @@
 # Instructions the gateway executes per request, counted by callgrind: a figure that, unlike
 # CPU time, does not move with whatever else the machine is doing. Needs valgrind and python3.
 #
-#   benches/count-instructions.sh BINARY hit|proxy [REQUESTS]
+#   benches/count-instructions.sh BINARY hit|proxy|floor-proxy|floor-answer [REQUESTS]
 #
 # Starts a zero-work sim and BINARY's gateway under callgrind (one thread), sends 300 warm-up
 # requests and then REQUESTS (default 1000) more, one keep-alive client, the small chat body of
 # scenario 10, and prints the user-space instructions per request: all of them, and apart from
 # memcpy, which callgrind counts per byte for `rep movsb` and so overweights against its time.
 # `hit`: the route caches every request (each measured one is a hit); `proxy`: no cache.
+# `floor-proxy` / `floor-answer`: the bare pingora proxy of `switchyard-bench floor` (found
+# beside BINARY) in place of the gateway, proxying to the sim or answering by itself: the least
+# a request costs on pingora, to set `proxy` and `hit` against.
 set -euo pipefail
 bin=$(realpath "$1"); mode=$2; n=${3:-1000}
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
@@ -38,8 +41,14 @@ sticky = "none"
 POLICY
 if [ "$mode" = hit ]; then printf '\n  [routes.cache]\n  ttl_s = 3600\n  requests = "all"\n' >> "$work/policy.toml"; fi
 "$bin" sim --listen "127.0.0.1:$sim" --model bench-model > "$work/sim.log" 2>&1 &
+case $mode in
+  hit | proxy) gateway=("$bin" serve --config "$work/policy.toml") ;;
+  floor-proxy) gateway=("$(dirname "$bin")/switchyard-bench" floor --listen "127.0.0.1:$gw" --upstream "127.0.0.1:$sim") ;;
+  floor-answer) gateway=("$(dirname "$bin")/switchyard-bench" floor --listen "127.0.0.1:$gw" --answer) ;;
+  *) echo "mode must be hit, proxy, floor-proxy or floor-answer" >&2; exit 2 ;;
+esac
 SWITCHYARD_ADMIN_TOKEN=t valgrind --tool=callgrind --cache-sim=no --branch-sim=no \
-  --callgrind-out-file="$work/cg.%p" "$bin" serve --config "$work/policy.toml" > "$work/gw.log" 2>&1 &
+  --callgrind-out-file="$work/cg.%p" "${gateway[@]}" > "$work/gw.log" 2>&1 &
 vg=$!
 cat > "$work/client.py" <<'PY'
 import http.client, json, sys, time

@@ -12,6 +12,8 @@
 //!   sampling the gateway's RSS and descriptors (`make soak`; not part of CI).
 //! - `switchyard-bench flood`: floods of slow connections, the gateway's RSS before / at the
 //!   peak / after each (`make flood`; not part of CI).
+//! - `switchyard-bench floor`: a bare pingora proxy, to show how much of switchyard's cost is
+//!   pingora's own request handling (scenario 2, `benches/count-instructions.sh`).
 #![deny(unsafe_code)]
 
 /// Returns early with a formatted setup error.
@@ -22,6 +24,7 @@ macro_rules! bail {
 }
 
 mod flood;
+mod floor;
 mod load;
 mod procs;
 mod report;
@@ -39,6 +42,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+
+/// The gateway's allocator, so that the pingora floor (`floor`) is compared on equal terms.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Setup failures are reported as text; the harness has no caller to match on them.
 pub type Result<T> = std::result::Result<T, String>;
@@ -127,6 +134,16 @@ enum Cmd {
         #[arg(long, default_value = "as built")]
         label: String,
     },
+    /// The pingora floor: a bare `ProxyHttp` on one thread that proxies to UPSTREAM, or with
+    /// `--answer` writes a fixed answer itself; serves until killed.
+    Floor {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, conflicts_with = "answer", required_unless_present = "answer")]
+        upstream: Option<SocketAddr>,
+        #[arg(long)]
+        answer: bool,
+    },
     /// One load run against ADDR (host:port), printed as JSON.
     Load {
         addr: String,
@@ -208,6 +225,9 @@ fn main() -> ExitCode {
                 label,
             }))
         }
+        Cmd::Floor {
+            listen, upstream, ..
+        } => floor::main(listen, upstream),
         Cmd::Load {
             addr,
             rate,

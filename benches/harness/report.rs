@@ -88,7 +88,7 @@ impl Row {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cell {
     pub text: String,
     /// False when the column has no figures (not installed, failed to start,

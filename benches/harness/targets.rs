@@ -409,6 +409,36 @@ impl Switchyard {
     }
 }
 
+/// A running pingora floor (`switchyard-bench floor`): a bare `ProxyHttp` in front of `upstream`,
+/// or answering by itself when `upstream` is `None`: the least a request costs on pingora.
+pub struct Floor {
+    pub addr: SocketAddr,
+    pub proc: Proc,
+}
+
+impl Floor {
+    pub fn start(env: &Env, name: &str, upstream: Option<SocketAddr>) -> Result<Self> {
+        let addr = local(free_port());
+        let log = env.file(&format!("floor-{name}.log"));
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut args = vec!["floor".to_owned(), "--listen".to_owned(), addr.to_string()];
+        match upstream {
+            Some(u) => args.extend(["--upstream".to_owned(), u.to_string()]),
+            None => args.push("--answer".to_owned()),
+        }
+        let mut proc = Proc::spawn(
+            &format!("floor {name}"),
+            &exe,
+            &args,
+            &[],
+            env.pin.proxy_cpu,
+            &log,
+        )?;
+        proc.wait_listening(addr, Duration::from_secs(15), &log)?;
+        Ok(Self { addr, proc })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,13 +34,25 @@ pub(super) fn cache_hits(ctx: &Ctx) -> Result<ScenarioResult> {
         switchyard,
     };
     let mut result = ScenarioResult::new("Response cache hits vs a zero-work upstream");
+    // A bare pingora ProxyHttp that answers every request itself: the least a hit can cost on
+    // pingora, measured beside the others.
+    let floor = Floor::start(&env, "s10", None);
+    let mut targets = stack.targets();
+    match &floor {
+        Ok(f) => targets.push(Target {
+            kind: Kind::Floor,
+            addr: f.addr,
+            pid: f.proc.pid(),
+        }),
+        Err(e) => eprintln!("pingora floor did not start: {e}"),
+    }
 
     let mut latency = BTreeMap::new();
-    for t in stack.targets() {
+    for t in &targets {
         let mut spec = ctx.spec(cached_body());
         spec.max_requests = Some(ctx.p.c1_samples);
         spec.duration = Duration::from_secs(60);
-        let (_, r) = ctx.run(&t, spec);
+        let (_, r) = ctx.run(t, spec);
         latency.insert(t.kind, r);
     }
     let p = |k: Kind, q: Quantile| latency.get(&k)?.latency.map(|l| l.at(q));
@@ -68,23 +80,24 @@ pub(super) fn cache_hits(ctx: &Ctx) -> Result<ScenarioResult> {
     });
 
     let mut throughput = BTreeMap::new();
-    for t in stack.targets() {
+    for t in &targets {
         let mut spec = ctx.spec(cached_body());
         spec.mode = Mode::Closed {
             concurrency: THROUGHPUT_CONCURRENCY,
         };
         spec.duration = ctx.p.cpu_duration;
-        let (_, r) = ctx.run(&t, spec);
+        let (_, r) = ctx.run(t, spec);
         throughput.insert(t.kind, r);
     }
     let rps = |k: Kind| throughput.get(&k).map(|r| r.achieved_rps);
-    let [d, n, s] = cells(&stack, |k| {
+    let rate = |k: Kind| {
         let r = throughput.get(&k)?;
         Some(match r.cpu_us_per_req {
             Some(cpu) => format!("{:.0} req/s, {cpu:.1} µs CPU/req", r.achieved_rps),
             None => format!("{:.0} req/s", r.achieved_rps),
         })
-    });
+    };
+    let [d, n, s] = cells(&stack, rate);
     let nginx_vs_hits = rps(Kind::Nginx)
         .zip(rps(Kind::Switchyard))
         .filter(|(_, s)| *s > 0.0)
@@ -100,6 +113,30 @@ pub(super) fn cache_hits(ctx: &Ctx) -> Result<ScenarioResult> {
             nginx_vs_hits,
             1.0,
         )),
+    });
+
+    let floor_cell = match &floor {
+        Ok(_) => p(Kind::Floor, Quantile::P50)
+            .zip(p(Kind::Floor, Quantile::P99))
+            .zip(rate(Kind::Floor))
+            .map_or_else(
+                || Cell::na("no data"),
+                |((p50, p99), rate)| Cell::text(format!("{p50:.0} / {p99:.0}; {rate}")),
+            ),
+        Err(e) => Cell::na(e),
+    };
+    result.rows.push(Row {
+        metric: "pingora floor, a bare ProxyHttp answering by itself (switchyard column): p50 / p99 µs at concurrency 1; throughput; ratio its p50 ÷ direct p50".into(),
+        cells: [
+            Cell::na("not available: a proxy's row"),
+            Cell::na("not available: a proxy's row"),
+            floor_cell,
+        ],
+        ratio: p(Kind::Floor, Quantile::P50)
+            .zip(p(Kind::Direct, Quantile::P50))
+            .filter(|(_, d)| *d > 0.0)
+            .map(|(f, d)| f / d),
+        target: None,
     });
 
     // The figures are only about hits if the sim saw (almost) none of switchyard's requests:

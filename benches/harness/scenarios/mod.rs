@@ -14,7 +14,8 @@ use crate::procs::{clock_ticks, free_port, local, tree_cpu_ticks, Pinning, Scrat
 use crate::report::{self, Cell, Results, Row, ScenarioResult, Verdict};
 use crate::stats::{cdf_points, Quantile, Recorder, RunReport};
 use crate::targets::{
-    Env, Nginx, NginxConf, Policy, PolicyArm, PolicyBackend, Sim, SimTiming, Switchyard, MODEL,
+    Env, Floor, Nginx, NginxConf, Policy, PolicyArm, PolicyBackend, Sim, SimTiming, Switchyard,
+    MODEL,
 };
 use crate::Result;
 
@@ -185,6 +186,8 @@ pub enum Kind {
     Direct,
     Nginx,
     Switchyard,
+    /// A bare pingora `ProxyHttp` (`switchyard-bench floor`); not a column, a row of its own.
+    Floor,
 }
 
 impl Kind {
@@ -195,6 +198,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Nginx => "nginx",
             Kind::Switchyard => "switchyard",
+            Kind::Floor => "pingora-floor",
         }
     }
 }
@@ -268,6 +272,7 @@ impl Stack {
             Kind::Direct => None,
             Kind::Nginx => self.nginx.as_ref().err().cloned(),
             Kind::Switchyard => self.switchyard.as_ref().err().cloned(),
+            Kind::Floor => None,
         }
     }
 }
