@@ -1,6 +1,7 @@
 //! The cache's decision for one request, made after the arm choice (the key includes the arm's
-//! identity) and before any upstream exchange. Pure: the snapshot, the chosen route and arm,
-//! the request's headers and body in; a plan out.
+//! identity) and before any upstream exchange. The snapshot, the chosen route and arm, the
+//! request's headers and body in; a plan out. Deterministic: the memo only saves recomputing
+//! what these bytes in this context gave before.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use http::HeaderMap;
 
 use super::eligibility::{verdict, BypassReason, ClientControl, Verdict};
 use super::key::{Answerer, CacheKey, KeyScope, KeyedBody};
+use super::memo::{BodyDigest, Context, KeyMemo, Remembered};
 use crate::config::policy::CacheScope;
 use crate::config::PolicySnapshot;
 use crate::routing::{ApiKeyHash, Endpoint};
@@ -33,6 +35,10 @@ pub enum Plan {
 
 /// Plans the cache's part for a request to `endpoint` that matched `route` and chose `arm`.
 /// `model` is the request's `model` (sent upstream unless a backend renames it).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the request's parts, each needed once"
+)]
 pub fn plan(
     snapshot: &PolicySnapshot,
     route: usize,
@@ -41,49 +47,96 @@ pub fn plan(
     model: &str,
     headers: &HeaderMap,
     body: &[u8],
+    memo: &KeyMemo,
 ) -> Plan {
     let route_spec = &snapshot.policy.routes[route];
     let Some(spec) = &route_spec.cache else {
         return Plan::Off;
     };
-    let Ok(keyed) = KeyedBody::parse(body) else {
-        return Plan::Bypass(BypassReason::Unreadable);
+    let tenant = match spec.scope {
+        CacheScope::Global => None,
+        CacheScope::ApiKey => ApiKeyHash::from_headers(headers),
     };
-    let sampling = keyed.sampling();
+    let context = Context {
+        version: snapshot.version,
+        route,
+        arm,
+        endpoint,
+        tenant: tenant.as_ref(),
+    };
+    let digest = BodyDigest::new(&context, body);
+    // A body seen before in this context skips the parse; one whose key was never needed
+    // (bypassed) is parsed again only if it now needs one.
+    let (sampling, known_key, parsed) = match memo.get(digest) {
+        Some(r) => (r.sampling, r.key, None),
+        None => match KeyedBody::parse(body) {
+            Ok(keyed) => (keyed.sampling(), None, Some(keyed)),
+            Err(_) => return Plan::Bypass(BypassReason::Unreadable),
+        },
+    };
     let (lookup, store, ttl) = match verdict(
         spec,
         endpoint,
         &sampling,
         &ClientControl::from_headers(headers),
     ) {
-        Verdict::Bypass(reason) => return Plan::Bypass(reason),
+        Verdict::Bypass(reason) => {
+            if parsed.is_some() {
+                memo.put(
+                    digest,
+                    Remembered {
+                        key: None,
+                        sampling,
+                    },
+                );
+            }
+            return Plan::Bypass(reason);
+        }
         Verdict::Use { lookup, store, ttl } => (lookup, store, ttl),
     };
-    let scope = match spec.scope {
-        CacheScope::Global => KeyScope::Global,
-        CacheScope::ApiKey => match ApiKeyHash::from_headers(headers) {
-            Some(hash) => KeyScope::Tenant(hash),
-            None => return Plan::Bypass(BypassReason::NoApiKey),
-        },
-    };
-    let arm_spec = &route_spec.arms.arms()[arm];
-    let upstream_models: Vec<&str> = arm_spec
-        .backends
-        .iter()
-        .map(|&b| {
-            snapshot.policy.backends[b]
-                .upstream_model
-                .as_deref()
-                .unwrap_or(model)
-        })
-        .collect();
-    let answerer = Answerer {
-        route: &route_spec.name,
-        arm: &arm_spec.name,
-        upstream_models: &upstream_models,
+    if spec.scope == CacheScope::ApiKey && tenant.is_none() {
+        return Plan::Bypass(BypassReason::NoApiKey);
+    }
+    let key = match known_key {
+        Some(key) => key,
+        None => {
+            let keyed = match parsed {
+                Some(keyed) => keyed,
+                None => match KeyedBody::parse(body) {
+                    Ok(keyed) => keyed,
+                    Err(_) => return Plan::Bypass(BypassReason::Unreadable),
+                },
+            };
+            let arm_spec = &route_spec.arms.arms()[arm];
+            let upstream_models: Vec<&str> = arm_spec
+                .backends
+                .iter()
+                .map(|&b| {
+                    snapshot.policy.backends[b]
+                        .upstream_model
+                        .as_deref()
+                        .unwrap_or(model)
+                })
+                .collect();
+            let answerer = Answerer {
+                route: &route_spec.name,
+                arm: &arm_spec.name,
+                upstream_models: &upstream_models,
+            };
+            let scope = tenant.map_or(KeyScope::Global, KeyScope::Tenant);
+            let key = keyed.key(endpoint, &answerer, scope, &spec.ignore_fields);
+            memo.put(
+                digest,
+                Remembered {
+                    key: Some(key),
+                    sampling,
+                },
+            );
+            key
+        }
     };
     Plan::Use {
-        key: keyed.key(endpoint, &answerer, scope, &spec.ignore_fields),
+        key,
         lookup,
         store,
         ttl,

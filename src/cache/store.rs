@@ -11,6 +11,7 @@ use moka::Expiry;
 
 use super::flight::{Flights, Joined};
 use super::key::CacheKey;
+use super::memo::KeyMemo;
 use super::record::{wire, CachedAnswer};
 use super::stats::{CacheStats, Layer};
 use crate::config::policy::CacheSettings;
@@ -24,6 +25,8 @@ pub const L2_LOOKUP_TIMEOUT: Duration = Duration::from_millis(50);
 pub struct ResponseCache {
     l1: moka::sync::Cache<CacheKey, Arc<CachedAnswer>>,
     flights: Arc<Flights>,
+    /// Keys of recently seen bodies: a repeated request skips building its key again.
+    memo: KeyMemo,
     stats: Arc<CacheStats>,
     redis: Arc<SharedRedis>,
     settings: CacheSettings,
@@ -80,10 +83,15 @@ impl ResponseCache {
         ResponseCache {
             l1,
             flights: Arc::new(Flights::default()),
+            memo: KeyMemo::default(),
             stats,
             redis,
             settings,
         }
+    }
+
+    pub fn memo(&self) -> &KeyMemo {
+        &self.memo
     }
 
     pub fn stats(&self) -> &Arc<CacheStats> {

@@ -129,6 +129,7 @@ impl Gateway {
             &facts.model,
             headers,
             &body,
+            self.store.cache().memo(),
         );
         if let cache::Step::Served = cache::before_upstream(
             self.store.cache(),
