@@ -493,7 +493,7 @@ fn median_round(mut rounds: Vec<ScenarioResult>) -> ScenarioResult {
         out.rows.push(r);
     }
     out.notes.push(format!(
-        "{n} rounds; switchyard ÷ nginx of each row, sorted: {}",
+        "{n} rounds; each row's ratio (as its metric says), sorted: {}",
         summary.join(" | ")
     ));
     for (i, round) in rounds.into_iter().enumerate() {
