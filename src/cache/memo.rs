@@ -1,12 +1,14 @@
-//! Remembers the keys of recent request bodies, so that a repeated request (the cache's whole
-//! business) is not parsed and written out canonically again to find the key it had a moment
-//! ago. Building a key costs a JSON parse into every named member, a canonical rewrite and a
-//! hash; looking one up here costs one hash of the raw bytes.
+//! Remembers what recent request bodies yielded, so that a repeated request (the cache's whole
+//! business) is not parsed again: its request facts, and its cache key with the sampling facts
+//! eligibility reads. Building a key costs a JSON parse into every named member, a canonical
+//! rewrite and a hash, and the facts another parse; looking both up here costs one hash of the
+//! raw bytes.
 //!
-//! A memo entry stands for "these exact bytes, under this policy version, route, arm, endpoint
-//! and tenant": everything else that goes into a key comes from the policy, and any swap
-//! changes the version. Bounded: a fixed table of slots, each holding the last body that hashed
-//! to it, so the memo never grows and a flood of distinct bodies only overwrites slots.
+//! An entry stands for "these exact bytes, under this policy version, sent to this endpoint"
+//! (and for a key: on this route and arm, for this tenant). Everything else they depend on
+//! comes from the policy, and any swap changes the version. Bounded: fixed tables of slots, each
+//! holding the last body that hashed to it, so a memo never grows and a flood of distinct bodies
+//! only overwrites slots.
 
 use std::sync::Mutex;
 
@@ -15,77 +17,74 @@ use xxhash_rust::xxh3::Xxh3;
 use super::key::{CacheKey, Sampling};
 use crate::routing::{ApiKeyHash, Endpoint};
 
-/// Slots in the table (a power of two). 4 096 × ~64 bytes: a quarter MiB.
-const SLOTS: usize = 4_096;
-
-/// What a body's parse yielded that the plan needs again. `key` is `None` while the body was
-/// only ever bypassed (its key was never built).
+/// What a body's parse yielded that the cache plan needs again. `key` is `None` while the body
+/// was only ever bypassed (its key was never built).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Remembered {
     pub key: Option<CacheKey>,
     pub sampling: Sampling,
 }
 
-/// Where a body was seen: everything, besides its bytes, that its key and sampling depend on.
-#[derive(Debug, Clone, Copy)]
-pub struct Context<'a> {
-    pub version: u64,
-    pub route: usize,
-    pub arm: usize,
-    pub endpoint: Endpoint,
-    pub tenant: Option<&'a ApiKeyHash>,
-}
-
-/// The digest of a body in its context: a 128-bit hash, the same strength as the key itself.
+/// A 128-bit hash of a body in its context, the same strength as the cache key itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyDigest(u128);
 
 impl BodyDigest {
-    pub fn new(context: &Context<'_>, body: &[u8]) -> BodyDigest {
+    /// `body` sent to `endpoint` under policy `version`.
+    pub fn new(version: u64, endpoint: Endpoint, body: &[u8]) -> BodyDigest {
         let mut h = Xxh3::new();
-        h.update(b"switchyard-key-memo/1\0");
-        h.update(&context.version.to_le_bytes());
-        h.update(&(context.route as u64).to_le_bytes());
-        h.update(&(context.arm as u64).to_le_bytes());
-        h.update(&[context.endpoint as u8]);
-        match context.tenant {
+        h.update(b"switchyard-body-memo/1\0");
+        h.update(&version.to_le_bytes());
+        h.update(&[endpoint as u8]);
+        h.update(body);
+        BodyDigest(h.digest128())
+    }
+
+    /// The same body on `route`'s `arm`, for `tenant` (`None`: a globally scoped cache).
+    pub fn within(self, route: usize, arm: usize, tenant: Option<&ApiKeyHash>) -> BodyDigest {
+        let mut h = Xxh3::new();
+        h.update(&self.0.to_le_bytes());
+        h.update(&(route as u64).to_le_bytes());
+        h.update(&(arm as u64).to_le_bytes());
+        match tenant {
             Some(t) => {
                 h.update(b"\x01");
                 h.update(&t.0);
             }
             None => h.update(b"\x00"),
         }
-        h.update(body);
         BodyDigest(h.digest128())
     }
-
-    fn slot(self) -> usize {
-        (self.0 as usize) & (SLOTS - 1)
-    }
 }
 
-/// The table.
-pub struct KeyMemo {
-    slots: Box<[Mutex<Option<(BodyDigest, Remembered)>>]>,
+/// A fixed table of `slots` (a power of two), each holding the value of the last digest that
+/// indexed it.
+pub struct SlotMemo<V> {
+    slots: Box<[Mutex<Option<(BodyDigest, V)>>]>,
 }
 
-impl Default for KeyMemo {
-    fn default() -> KeyMemo {
-        KeyMemo {
-            slots: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
+impl<V: Clone> SlotMemo<V> {
+    pub fn new(slots: usize) -> SlotMemo<V> {
+        assert!(slots.is_power_of_two(), "memo slots must be a power of two");
+        SlotMemo {
+            slots: (0..slots).map(|_| Mutex::new(None)).collect(),
         }
     }
-}
 
-impl KeyMemo {
-    pub fn get(&self, digest: BodyDigest) -> Option<Remembered> {
-        let slot = self.slots[digest.slot()].lock().ok()?;
-        slot.filter(|(d, _)| *d == digest).map(|(_, r)| r)
+    fn slot(&self, digest: BodyDigest) -> &Mutex<Option<(BodyDigest, V)>> {
+        &self.slots[(digest.0 as usize) & (self.slots.len() - 1)]
     }
 
-    pub fn put(&self, digest: BodyDigest, remembered: Remembered) {
-        if let Ok(mut slot) = self.slots[digest.slot()].lock() {
-            *slot = Some((digest, remembered));
+    pub fn get(&self, digest: BodyDigest) -> Option<V> {
+        let slot = self.slot(digest).lock().ok()?;
+        slot.as_ref()
+            .filter(|(d, _)| *d == digest)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn put(&self, digest: BodyDigest, value: V) {
+        if let Ok(mut slot) = self.slot(digest).lock() {
+            *slot = Some((digest, value));
         }
     }
 }
@@ -93,16 +92,6 @@ impl KeyMemo {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn context(version: u64) -> Context<'static> {
-        Context {
-            version,
-            route: 0,
-            arm: 0,
-            endpoint: Endpoint::ChatCompletions,
-            tenant: None,
-        }
-    }
 
     fn remembered(key: u128) -> Remembered {
         Remembered {
@@ -113,53 +102,42 @@ mod tests {
 
     #[test]
     fn a_body_is_remembered_only_in_its_own_context() {
-        let memo = KeyMemo::default();
+        let memo = SlotMemo::new(4_096);
         let body = br#"{"model":"m","messages":[]}"#;
-        let digest = BodyDigest::new(&context(1), body);
+        let chat = Endpoint::ChatCompletions;
+        let digest = BodyDigest::new(1, chat, body).within(0, 0, None);
         assert_eq!(memo.get(digest), None);
         memo.put(digest, remembered(7));
         assert_eq!(memo.get(digest), Some(remembered(7)));
 
         let tenant = ApiKeyHash([9; 32]);
         let others = [
-            Context {
-                version: 2,
-                ..context(1)
-            },
-            Context {
-                route: 1,
-                ..context(1)
-            },
-            Context {
-                arm: 1,
-                ..context(1)
-            },
-            Context {
-                endpoint: Endpoint::Completions,
-                ..context(1)
-            },
-            Context {
-                tenant: Some(&tenant),
-                ..context(1)
-            },
+            BodyDigest::new(2, chat, body).within(0, 0, None),
+            BodyDigest::new(1, Endpoint::Completions, body).within(0, 0, None),
+            BodyDigest::new(1, chat, body).within(1, 0, None),
+            BodyDigest::new(1, chat, body).within(0, 1, None),
+            BodyDigest::new(1, chat, body).within(0, 0, Some(&tenant)),
+            BodyDigest::new(1, chat, br#"{"model": "m", "messages": []}"#).within(0, 0, None),
+            BodyDigest::new(1, chat, body),
         ];
         for other in others {
-            assert_eq!(memo.get(BodyDigest::new(&other, body)), None, "{other:?}");
+            assert_ne!(other, digest);
+            assert_eq!(memo.get(other), None, "{other:?}");
         }
-        let spaced = br#"{"model": "m", "messages": []}"#;
-        assert_eq!(memo.get(BodyDigest::new(&context(1), spaced)), None);
     }
 
     #[test]
     fn the_table_never_grows_past_its_slots() {
-        let memo = KeyMemo::default();
-        for i in 0..(SLOTS as u128 * 4) {
+        let memo = SlotMemo::new(64);
+        for i in 0..256u128 {
             let body = i.to_le_bytes();
-            memo.put(BodyDigest::new(&context(1), &body), remembered(i));
+            memo.put(
+                BodyDigest::new(1, Endpoint::Embeddings, &body),
+                remembered(i),
+            );
         }
-        assert_eq!(memo.slots.len(), SLOTS);
-        let last = (SLOTS as u128 * 4) - 1;
-        let digest = BodyDigest::new(&context(1), &last.to_le_bytes());
-        assert_eq!(memo.get(digest), Some(remembered(last)));
+        assert_eq!(memo.slots.len(), 64);
+        let last = BodyDigest::new(1, Endpoint::Embeddings, &255u128.to_le_bytes());
+        assert_eq!(memo.get(last), Some(remembered(255)));
     }
 }

@@ -9,7 +9,7 @@ use http::HeaderMap;
 
 use super::eligibility::{verdict, BypassReason, ClientControl, Verdict};
 use super::key::{Answerer, CacheKey, KeyScope, KeyedBody};
-use super::memo::{BodyDigest, Context, KeyMemo, Remembered};
+use super::memo::{BodyDigest, Remembered, SlotMemo};
 use crate::config::policy::CacheScope;
 use crate::config::PolicySnapshot;
 use crate::routing::{ApiKeyHash, Endpoint};
@@ -47,7 +47,8 @@ pub fn plan(
     model: &str,
     headers: &HeaderMap,
     body: &[u8],
-    memo: &KeyMemo,
+    digest: Option<BodyDigest>,
+    memo: &SlotMemo<Remembered>,
 ) -> Plan {
     let route_spec = &snapshot.policy.routes[route];
     let Some(spec) = &route_spec.cache else {
@@ -57,14 +58,9 @@ pub fn plan(
         CacheScope::Global => None,
         CacheScope::ApiKey => ApiKeyHash::from_headers(headers),
     };
-    let context = Context {
-        version: snapshot.version,
-        route,
-        arm,
-        endpoint,
-        tenant: tenant.as_ref(),
-    };
-    let digest = BodyDigest::new(&context, body);
+    let digest = digest
+        .unwrap_or_else(|| BodyDigest::new(snapshot.version, endpoint, body))
+        .within(route, arm, tenant.as_ref());
     // A body seen before in this context skips the parse; one whose key was never needed
     // (bypassed) is parsed again only if it now needs one.
     let (sampling, known_key, parsed) = match memo.get(digest) {

@@ -11,22 +11,32 @@ use moka::Expiry;
 
 use super::flight::{Flights, Joined};
 use super::key::CacheKey;
-use super::memo::KeyMemo;
+use super::memo::{Remembered, SlotMemo};
 use super::record::{wire, CachedAnswer};
 use super::stats::{CacheStats, Layer};
 use crate::config::policy::CacheSettings;
 use crate::redis::{RedisState, SharedRedis};
+use crate::routing::RequestFacts;
 
 /// Longest an L2 lookup may take before it counts as a miss, whatever the Redis command
 /// timeout: a slow Redis must never cost a request more than this.
 pub const L2_LOOKUP_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// Slots of the key memo: 4 096 × under 64 bytes.
+const KEY_MEMO_SLOTS: usize = 4_096;
+/// Slots of the facts memo, which holds only bodies of up to [`FACTS_MEMO_MAX_BODY`] bytes:
+/// request facts are smaller than their body, so at most 16 MiB, usually a few hundred KiB.
+const FACTS_MEMO_SLOTS: usize = 1_024;
+/// The largest body whose facts are remembered.
+pub const FACTS_MEMO_MAX_BODY: usize = 16 * 1024;
+
 /// The process's response cache.
 pub struct ResponseCache {
     l1: moka::sync::Cache<CacheKey, Arc<CachedAnswer>>,
     flights: Arc<Flights>,
-    /// Keys of recently seen bodies: a repeated request skips building its key again.
-    memo: KeyMemo,
+    /// What recently seen bodies gave: a repeated request is not parsed again (`memo.rs`).
+    facts_memo: SlotMemo<Arc<RequestFacts>>,
+    key_memo: SlotMemo<Remembered>,
     stats: Arc<CacheStats>,
     redis: Arc<SharedRedis>,
     settings: CacheSettings,
@@ -83,15 +93,20 @@ impl ResponseCache {
         ResponseCache {
             l1,
             flights: Arc::new(Flights::default()),
-            memo: KeyMemo::default(),
+            facts_memo: SlotMemo::new(FACTS_MEMO_SLOTS),
+            key_memo: SlotMemo::new(KEY_MEMO_SLOTS),
             stats,
             redis,
             settings,
         }
     }
 
-    pub fn memo(&self) -> &KeyMemo {
-        &self.memo
+    pub fn facts_memo(&self) -> &SlotMemo<Arc<RequestFacts>> {
+        &self.facts_memo
+    }
+
+    pub fn key_memo(&self) -> &SlotMemo<Remembered> {
+        &self.key_memo
     }
 
     pub fn stats(&self) -> &Arc<CacheStats> {

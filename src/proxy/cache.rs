@@ -1,6 +1,7 @@
-//! The cache's two places in the exchange: before it (look up, follow an identical request
-//! already upstream, or answer from an entry) and after the relay (store a complete success).
-//! The decisions are `cache::plan`'s; this file only does the I/O they call for.
+//! The cache's places in the exchange: reading a repeated body's facts from the memo, before
+//! the exchange (look up, follow an identical request already upstream, or answer from an
+//! entry) and after the relay (store a complete success). The decisions are `cache::plan`'s;
+//! this file only does the I/O they call for.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,11 +16,47 @@ use super::head;
 use super::relay::format_usd;
 use super::Failure;
 use crate::cache::flight::{self, FlightGuard, Joined};
+use crate::cache::memo::BodyDigest;
 use crate::cache::stats::RouteCacheStats;
-use crate::cache::store::now_ms;
+use crate::cache::store::{now_ms, FACTS_MEMO_MAX_BODY};
 use crate::cache::{AnswerBody, CacheKey, CachedAnswer, Layer, Plan, Recorder, ResponseCache};
 use crate::config::PolicySnapshot;
+use crate::error::GatewayError;
+use crate::routing::{Endpoint, RequestFacts};
 use crate::telemetry::{CacheStatus, Outcome};
+
+/// The request's facts, and its body's digest when the policy caches anything. A body of up to
+/// [`FACTS_MEMO_MAX_BODY`] bytes seen before under the same policy is not parsed again: what a
+/// cache hit would otherwise spend most of its own time on.
+pub(super) fn request_facts(
+    cache: &ResponseCache,
+    snapshot: &PolicySnapshot,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<(Arc<RequestFacts>, Option<BodyDigest>), GatewayError> {
+    let parse = || {
+        RequestFacts::parse_with_prefix(endpoint, body, |model| {
+            snapshot
+                .route_for_model(model)
+                .and_then(|(_, route)| route.balance.block_shape())
+        })
+        .map(Arc::new)
+        .map_err(GatewayError::from)
+    };
+    if !snapshot.policy.routes.iter().any(|r| r.cache.is_some()) {
+        return Ok((parse()?, None));
+    }
+    let digest = BodyDigest::new(snapshot.version, endpoint, body);
+    if body.len() > FACTS_MEMO_MAX_BODY {
+        return Ok((parse()?, Some(digest)));
+    }
+    if let Some(facts) = cache.facts_memo().get(digest) {
+        return Ok((facts, Some(digest)));
+    }
+    let facts = parse()?;
+    cache.facts_memo().put(digest, facts.clone());
+    Ok((facts, Some(digest)))
+}
 
 /// A miss whose answer may be stored: carried in the request's context to the relay.
 pub(crate) struct Fill {
@@ -298,4 +335,82 @@ async fn write_hit(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicySource;
+
+    const CACHED: &str = r#"
+        [[backends]]
+        name = "a"
+        url = "http://127.0.0.1:9101"
+        [[routes]]
+        name = "chat"
+        models = ["m"]
+        [[routes.arms]]
+        name = "x"
+        backends = ["a"]
+        weight = 100
+        [routes.cache]
+        ttl_s = 60
+    "#;
+
+    const BODY: &[u8] = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
+    fn facts(
+        store: &crate::config::PolicyStore,
+        body: &[u8],
+    ) -> (Arc<RequestFacts>, Option<BodyDigest>) {
+        let snapshot = store.current();
+        request_facts(store.cache(), &snapshot, Endpoint::ChatCompletions, body).unwrap()
+    }
+
+    #[test]
+    fn a_repeated_body_is_parsed_once_per_policy_version() {
+        let store = crate::server::new_store(CACHED).unwrap();
+        let (first, digest) = facts(&store, BODY);
+        let (again, same) = facts(&store, BODY);
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second read came from the memo"
+        );
+        assert_eq!(digest, same);
+
+        store
+            .apply(
+                &CACHED.replace("ttl_s = 60", "ttl_s = 61"),
+                PolicySource::Api,
+                "a new version",
+            )
+            .unwrap();
+        let (after_swap, new_digest) = facts(&store, BODY);
+        assert!(
+            !Arc::ptr_eq(&first, &after_swap),
+            "parsed again under the new version"
+        );
+        assert_ne!(digest, new_digest);
+        assert_eq!(*first, *after_swap);
+
+        // Bodies over the bound are always parsed (the memo's memory stays bounded).
+        let big = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "x".repeat(FACTS_MEMO_MAX_BODY)
+        );
+        let (a, _) = facts(&store, big.as_bytes());
+        let (b, _) = facts(&store, big.as_bytes());
+        assert!(!Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn without_a_cached_route_nothing_is_hashed_or_remembered() {
+        let store =
+            crate::server::new_store(&CACHED.replace("[routes.cache]\n        ttl_s = 60", ""))
+                .unwrap();
+        let (first, digest) = facts(&store, BODY);
+        let (again, _) = facts(&store, BODY);
+        assert_eq!(digest, None);
+        assert!(!Arc::ptr_eq(&first, &again));
+    }
 }

@@ -23,9 +23,7 @@ use crate::config::PolicyStore;
 use crate::error::GatewayError;
 use crate::listener::{check_head, head_bytes};
 use crate::routing::tier::start_tier;
-use crate::routing::{
-    candidates, choose_arm, match_route, plan_for, Draws, Endpoint, RequestFacts, BUCKETS,
-};
+use crate::routing::{candidates, choose_arm, match_route, plan_for, Draws, Endpoint, BUCKETS};
 use crate::shadow::ShadowJob;
 use crate::telemetry::Outcome;
 use crate::upstream::{upstream_base, UpstreamPool};
@@ -78,12 +76,7 @@ impl Gateway {
             return Err(method_not_allowed(session).into());
         }
         let body = read_body(session, snapshot.policy.server.max_body_bytes).await?;
-        let facts = RequestFacts::parse_with_prefix(endpoint, &body, |model| {
-            snapshot
-                .route_for_model(model)
-                .and_then(|(_, route)| route.balance.block_shape())
-        })
-        .map_err(GatewayError::from)?;
+        let (facts, digest) = cache::request_facts(self.store.cache(), &snapshot, endpoint, &body)?;
         ctx.record.endpoint = Some(endpoint);
         ctx.record.stream = facts.stream;
 
@@ -129,7 +122,8 @@ impl Gateway {
             &facts.model,
             headers,
             &body,
-            self.store.cache().memo(),
+            digest,
+            self.store.cache().key_memo(),
         );
         if let cache::Step::Served = cache::before_upstream(
             self.store.cache(),
