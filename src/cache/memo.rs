@@ -60,8 +60,11 @@ impl BodyDigest {
 /// A fixed table of `slots` (a power of two), each holding the value of the last digest that
 /// indexed it.
 pub struct SlotMemo<V> {
-    slots: Box<[Mutex<Option<(BodyDigest, V)>>]>,
+    slots: Box<[Slot<V>]>,
 }
+
+/// The digest last put in a slot, with its value.
+type Slot<V> = Mutex<Option<(BodyDigest, V)>>;
 
 impl<V: Clone> SlotMemo<V> {
     pub fn new(slots: usize) -> SlotMemo<V> {
@@ -71,7 +74,7 @@ impl<V: Clone> SlotMemo<V> {
         }
     }
 
-    fn slot(&self, digest: BodyDigest) -> &Mutex<Option<(BodyDigest, V)>> {
+    fn slot(&self, digest: BodyDigest) -> &Slot<V> {
         &self.slots[(digest.0 as usize) & (self.slots.len() - 1)]
     }
 
