@@ -16,7 +16,7 @@ pub mod stats;
 pub mod store;
 
 pub use key::CacheKey;
-pub use plan::{plan, Plan};
+pub use plan::{plan, Plan, SeenBody};
 pub use record::{AnswerBody, CachedAnswer, Recorder};
 pub use stats::Layer;
 pub use store::ResponseCache;

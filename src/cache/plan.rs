@@ -12,7 +12,7 @@ use super::key::{Answerer, CacheKey, KeyScope, KeyedBody};
 use super::memo::{BodyDigest, Remembered, SlotMemo};
 use crate::config::policy::CacheScope;
 use crate::config::PolicySnapshot;
-use crate::routing::{ApiKeyHash, Endpoint};
+use crate::routing::{ApiKeyHash, RequestFacts};
 
 /// What the cache does for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,23 +33,26 @@ pub enum Plan {
     },
 }
 
-/// Plans the cache's part for a request to `endpoint` that matched `route` and chose `arm`.
-/// `model` is the request's `model` (sent upstream unless a backend renames it).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the request's parts, each needed once"
-)]
+/// A request body as the plan reads it: its bytes, and their digest when the caller already
+/// has it (see [`BodyDigest::new`]; computed here otherwise).
+pub struct SeenBody<'a> {
+    pub bytes: &'a [u8],
+    pub digest: Option<BodyDigest>,
+}
+
+/// Plans the cache's part for a request with `facts` that matched `route` and chose `arm`.
+/// `memo` remembers what the same body gave before in the same context. The facts' `model` is
+/// sent upstream unless a backend renames it.
 pub fn plan(
     snapshot: &PolicySnapshot,
     route: usize,
     arm: usize,
-    endpoint: Endpoint,
-    model: &str,
+    facts: &RequestFacts,
     headers: &HeaderMap,
-    body: &[u8],
-    digest: Option<BodyDigest>,
+    body: SeenBody<'_>,
     memo: &SlotMemo<Remembered>,
 ) -> Plan {
+    let (endpoint, model) = (facts.endpoint, facts.model.as_str());
     let route_spec = &snapshot.policy.routes[route];
     let Some(spec) = &route_spec.cache else {
         return Plan::Off;
@@ -58,14 +61,15 @@ pub fn plan(
         CacheScope::Global => None,
         CacheScope::ApiKey => ApiKeyHash::from_headers(headers),
     };
-    let digest = digest
-        .unwrap_or_else(|| BodyDigest::new(snapshot.version, endpoint, body))
+    let digest = body
+        .digest
+        .unwrap_or_else(|| BodyDigest::new(snapshot.version, endpoint, body.bytes))
         .within(route, arm, tenant.as_ref());
     // A body seen before in this context skips the parse; one whose key was never needed
     // (bypassed) is parsed again only if it now needs one.
     let (sampling, known_key, parsed) = match memo.get(digest) {
         Some(r) => (r.sampling, r.key, None),
-        None => match KeyedBody::parse(body) {
+        None => match KeyedBody::parse(body.bytes) {
             Ok(keyed) => (keyed.sampling(), None, Some(keyed)),
             Err(_) => return Plan::Bypass(BypassReason::Unreadable),
         },
@@ -98,7 +102,7 @@ pub fn plan(
         None => {
             let keyed = match parsed {
                 Some(keyed) => keyed,
-                None => match KeyedBody::parse(body) {
+                None => match KeyedBody::parse(body.bytes) {
                     Ok(keyed) => keyed,
                     Err(_) => return Plan::Bypass(BypassReason::Unreadable),
                 },

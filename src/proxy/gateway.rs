@@ -118,11 +118,12 @@ impl Gateway {
             &snapshot,
             route_index,
             choice.arm,
-            endpoint,
-            &facts.model,
+            &facts,
             headers,
-            &body,
-            digest,
+            crate::cache::SeenBody {
+                bytes: &body,
+                digest,
+            },
             self.store.cache().key_memo(),
         );
         if let cache::Step::Served = cache::before_upstream(
