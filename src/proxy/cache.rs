@@ -340,22 +340,13 @@ async fn write_hit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::validate::ONE_ROUTE;
     use crate::config::PolicySource;
 
-    const CACHED: &str = r#"
-        [[backends]]
-        name = "a"
-        url = "http://127.0.0.1:9101"
-        [[routes]]
-        name = "chat"
-        models = ["m"]
-        [[routes.arms]]
-        name = "x"
-        backends = ["a"]
-        weight = 100
-        [routes.cache]
-        ttl_s = 60
-    "#;
+    /// The smallest policy with a cached route.
+    fn cached() -> String {
+        format!("{ONE_ROUTE}\n[routes.cache]\nttl_s = 60\n")
+    }
 
     const BODY: &[u8] = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
 
@@ -369,7 +360,7 @@ mod tests {
 
     #[test]
     fn a_repeated_body_is_parsed_once_per_policy_version() {
-        let store = crate::server::new_store(CACHED).unwrap();
+        let store = crate::server::new_store(&cached()).unwrap();
         let (first, digest) = facts(&store, BODY);
         let (again, same) = facts(&store, BODY);
         assert!(
@@ -380,7 +371,7 @@ mod tests {
 
         store
             .apply(
-                &CACHED.replace("ttl_s = 60", "ttl_s = 61"),
+                &cached().replace("ttl_s = 60", "ttl_s = 61"),
                 PolicySource::Api,
                 "a new version",
             )
@@ -405,9 +396,7 @@ mod tests {
 
     #[test]
     fn without_a_cached_route_nothing_is_hashed_or_remembered() {
-        let store =
-            crate::server::new_store(&CACHED.replace("[routes.cache]\n        ttl_s = 60", ""))
-                .unwrap();
+        let store = crate::server::new_store(ONE_ROUTE).unwrap();
         let (first, digest) = facts(&store, BODY);
         let (again, _) = facts(&store, BODY);
         assert_eq!(digest, None);

@@ -37,15 +37,7 @@ pub(super) fn cache_hits(ctx: &Ctx) -> Result<ScenarioResult> {
     // A bare pingora ProxyHttp that answers every request itself: the least a hit can cost on
     // pingora, measured beside the others.
     let floor = Floor::start(&env, "s10", None);
-    let mut targets = stack.targets();
-    match &floor {
-        Ok(f) => targets.push(Target {
-            kind: Kind::Floor,
-            addr: f.addr,
-            pid: f.proc.pid(),
-        }),
-        Err(e) => eprintln!("pingora floor did not start: {e}"),
-    }
+    let targets = stack.targets_with(&floor);
 
     let mut latency = BTreeMap::new();
     for t in &targets {

@@ -5,16 +5,8 @@ use super::*;
 
 pub(super) fn cpu_per_request(ctx: &Ctx) -> Result<ScenarioResult> {
     let stack = Stack::single(&ctx.env, "s2", SimTiming::default())?;
-    let mut targets = stack.targets();
     let floor = Floor::start(&ctx.env, "s2", Some(stack.sims[0].addr));
-    match &floor {
-        Ok(f) => targets.push(Target {
-            kind: Kind::Floor,
-            addr: f.addr,
-            pid: f.proc.pid(),
-        }),
-        Err(e) => eprintln!("pingora floor did not start: {e}"),
-    }
+    let targets = stack.targets_with(&floor);
     let mut reports = BTreeMap::new();
     for t in targets {
         let mut spec = ctx.spec(chat_body(16));

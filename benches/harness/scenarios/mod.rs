@@ -266,6 +266,20 @@ impl Stack {
         t
     }
 
+    /// `targets()` and the pingora floor, when it started (else said on stderr).
+    fn targets_with(&self, floor: &Result<Floor>) -> Vec<Target> {
+        let mut targets = self.targets();
+        match floor {
+            Ok(f) => targets.push(Target {
+                kind: Kind::Floor,
+                addr: f.addr,
+                pid: f.proc.pid(),
+            }),
+            Err(e) => eprintln!("pingora floor did not start: {e}"),
+        }
+        targets
+    }
+
     /// Why a column has no figures, if it has none.
     fn missing(&self, kind: Kind) -> Option<String> {
         match kind {

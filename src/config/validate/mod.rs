@@ -254,7 +254,7 @@ pub fn check_windows_swap(
 /// The smallest valid policy body (one backend, one route, one arm), for tests of a section
 /// that is appended to it.
 #[cfg(test)]
-pub(super) const ONE_ROUTE: &str = r#"
+pub(crate) const ONE_ROUTE: &str = r#"
         [[backends]]
         name = "a"
         url = "http://127.0.0.1:9101"
