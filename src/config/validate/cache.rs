@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{positive, Errors};
+use super::{positive, positive_at_most, Errors};
 use crate::cache::key::NAMED_FIELDS;
 use crate::config::policy::*;
 use crate::config::raw::{RawCache, RawRouteCache};
@@ -26,15 +26,13 @@ pub(super) fn validate_cache(raw: Option<&RawCache>, errors: &mut Errors) -> Cac
     if max_bytes < 64 * 1024 {
         errors.push("cache.max_bytes", "must be at least 65536");
     }
-    let wait = positive(
+    let wait = positive_at_most(
         "cache.single_flight_wait_ms",
         c.single_flight_wait_ms,
         DEFAULT_SINGLE_FLIGHT_WAIT_MS,
+        600_000,
         errors,
     );
-    if wait > 600_000 {
-        errors.push("cache.single_flight_wait_ms", "must be at most 600000");
-    }
     CacheSettings {
         max_bytes,
         single_flight_wait: Duration::from_millis(wait),
@@ -46,18 +44,13 @@ pub(super) fn validate_route_cache(
     c: &RawRouteCache,
     errors: &mut Errors,
 ) -> Option<RouteCacheSpec> {
-    let ttl_s = positive(
+    let ttl_s = positive_at_most(
         &format!("{path}.ttl_s"),
         c.ttl_s,
         DEFAULT_CACHE_TTL_S,
+        MAX_TTL_S,
         errors,
     );
-    if ttl_s > MAX_TTL_S {
-        errors.push(
-            format!("{path}.ttl_s"),
-            format!("must be at most {MAX_TTL_S}"),
-        );
-    }
     let max_ttl_s = positive(&format!("{path}.max_ttl_s"), c.max_ttl_s, ttl_s, errors);
     if max_ttl_s < ttl_s {
         errors.push(
@@ -70,18 +63,13 @@ pub(super) fn validate_route_cache(
             format!("must be at most {MAX_TTL_S}"),
         );
     }
-    let max_entry_bytes = positive(
+    let max_entry_bytes = positive_at_most(
         &format!("{path}.max_entry_bytes"),
         c.max_entry_bytes,
         DEFAULT_CACHE_MAX_ENTRY_BYTES,
+        MAX_ENTRY_BYTES_LIMIT,
         errors,
     );
-    if max_entry_bytes > MAX_ENTRY_BYTES_LIMIT {
-        errors.push(
-            format!("{path}.max_entry_bytes"),
-            format!("must be at most {MAX_ENTRY_BYTES_LIMIT}"),
-        );
-    }
     let requests = match c.requests.as_deref().unwrap_or("deterministic") {
         "deterministic" => CacheRequests::Deterministic,
         "all" => CacheRequests::All,
@@ -133,7 +121,7 @@ pub(super) fn validate_route_cache(
 #[cfg(test)]
 mod tests {
     use crate::config::policy::{CacheRequests, CacheScope};
-    use crate::config::validate::parse_policy;
+    use crate::config::validate::{assert_errors, errors_of, parse_policy};
 
     const POLICY: &str = r#"
         [cache]
@@ -180,22 +168,16 @@ mod tests {
             .replace("\"all\"", "\"some\"")
             .replace("\"api-key\"", "\"user\"")
             .replace("\"request_tag\"", "\"messages\"");
-        let errs: Vec<String> = parse_policy(&bad)
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        for e in [
-            "cache.max_bytes: must be at least 65536",
-            "routes[0].cache.max_ttl_s: 30 is below ttl_s (60)",
-            "routes[0].cache.requests: `some` is not one of",
-            "routes[0].cache.scope: `user` is not one of",
-            "routes[0].cache.ignore_fields[0]: `messages` decides the answer",
-        ] {
-            assert!(
-                errs.iter().any(|g| g.starts_with(e)),
-                "missing {e:?} in {errs:#?}"
-            );
-        }
+        let errs = errors_of(&bad);
+        assert_errors(
+            &errs,
+            &[
+                "cache.max_bytes: must be at least 65536",
+                "routes[0].cache.max_ttl_s: 30 is below ttl_s (60)",
+                "routes[0].cache.requests: `some` is not one of",
+                "routes[0].cache.scope: `user` is not one of",
+                "routes[0].cache.ignore_fields[0]: `messages` decides the answer",
+            ],
+        );
     }
 }

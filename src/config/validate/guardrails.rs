@@ -402,6 +402,7 @@ pub(super) fn validate_rollout(
 #[cfg(test)]
 mod tests {
     use crate::config::parse_policy;
+    use crate::config::validate::{assert_errors, errors_of};
     use crate::guardrails::{GuardrailAction, GuardrailMetric};
 
     const BASE: &str = r#"
@@ -487,27 +488,21 @@ mod tests {
             .replace("require = [\"errors\"]", "require = [\"nope\"]")
             .replace("window = \"30s\"", "window = \"5m\"")
             .replace("consecutive = 2", "consecutive = 0");
-        let errs: Vec<String> = parse_policy(&bad)
-            .expect_err("invalid")
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        for e in [
-            "routes[0].guardrails[0].quantile: must be like \"p95\"",
-            "routes[0].guardrails[0].max: must be a duration",
-            "routes[0].guardrails[0].consecutive: must be at least 1",
-            "routes[0].guardrails[1].window: is longer than guardrails.span",
-            "routes[0].guardrails[1].quantile: `error_rate` is a rate",
-            "routes[0].guardrails[1].max: must be a share",
-            "routes[0].rollout.steps[1]: steps must be above 0 and strictly ascending",
-            "routes[0].rollout.steps: the last step must be 100",
-            "routes[0].rollout.require[0]: no guardrail of this route is named `nope`",
-        ] {
-            assert!(
-                errs.iter().any(|g| g.starts_with(e)),
-                "missing {e:?} in {errs:#?}"
-            );
-        }
+        let errs = errors_of(&bad);
+        assert_errors(
+            &errs,
+            &[
+                "routes[0].guardrails[0].quantile: must be like \"p95\"",
+                "routes[0].guardrails[0].max: must be a duration",
+                "routes[0].guardrails[0].consecutive: must be at least 1",
+                "routes[0].guardrails[1].window: is longer than guardrails.span",
+                "routes[0].guardrails[1].quantile: `error_rate` is a rate",
+                "routes[0].guardrails[1].max: must be a share",
+                "routes[0].rollout.steps[1]: steps must be above 0 and strictly ascending",
+                "routes[0].rollout.steps: the last step must be 100",
+                "routes[0].rollout.require[0]: no guardrail of this route is named `nope`",
+            ],
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{positive, Errors};
+use super::{positive, positive_at_most, Errors};
 use crate::config::policy::*;
 use crate::config::raw::{RawHealthCheck, RawOutlier};
 
@@ -18,33 +18,26 @@ pub(super) fn validate_outlier(raw: Option<&RawOutlier>, errors: &mut Errors) ->
     let Some(o) = raw else {
         return OutlierPolicy::default();
     };
-    let failures = positive(
+    let failures = positive_at_most(
         "outlier.consecutive_failures",
         o.consecutive_failures,
         DEFAULT_OUTLIER_FAILURES,
+        1000,
         errors,
     );
-    if failures > 1000 {
-        errors.push("outlier.consecutive_failures", "must be at most 1000");
-    }
     let base = positive(
         "outlier.base_ejection_ms",
         o.base_ejection_ms,
         DEFAULT_BASE_EJECTION_MS,
         errors,
     );
-    let max = positive(
+    let max = positive_at_most(
         "outlier.max_ejection_ms",
         o.max_ejection_ms,
         DEFAULT_MAX_EJECTION_MS.max(base),
+        MAX_EJECTION_LIMIT_MS,
         errors,
     );
-    if max > MAX_EJECTION_LIMIT_MS {
-        errors.push(
-            "outlier.max_ejection_ms",
-            format!("must be at most {MAX_EJECTION_LIMIT_MS}"),
-        );
-    }
     if max < base {
         errors.push(
             "outlier.max_ejection_ms",
@@ -81,18 +74,13 @@ pub(super) fn validate_health_check(
             format!("`{probe}` is not a path like /health"),
         );
     }
-    let interval = positive(
+    let interval = positive_at_most(
         &format!("{path}.interval_ms"),
         h.interval_ms,
         DEFAULT_HEALTH_INTERVAL_MS,
+        MAX_INTERVAL_MS,
         errors,
     );
-    if interval > MAX_INTERVAL_MS {
-        errors.push(
-            format!("{path}.interval_ms"),
-            format!("must be at most {MAX_INTERVAL_MS}"),
-        );
-    }
     let timeout = positive(
         &format!("{path}.timeout_ms"),
         h.timeout_ms,
@@ -107,13 +95,13 @@ pub(super) fn validate_health_check(
         );
     }
     let mut count = |field: &str, v: Option<u64>, default: u64| {
-        let n = positive(&format!("{path}.{field}"), v, default, errors);
-        if n > MAX_RISE_FALL {
-            errors.push(
-                format!("{path}.{field}"),
-                format!("must be at most {MAX_RISE_FALL}"),
-            );
-        }
+        let n = positive_at_most(
+            &format!("{path}.{field}"),
+            v,
+            default,
+            MAX_RISE_FALL,
+            errors,
+        );
         n.min(MAX_RISE_FALL) as u32
     };
     let rise = count("rise", h.rise, DEFAULT_HEALTH_RISE);
@@ -129,15 +117,11 @@ pub(super) fn validate_health_check(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{parse_policy, ONE_ROUTE};
+    use super::super::{assert_errors, errors_of, parse_policy, ONE_ROUTE};
     use super::*;
 
-    fn errors_of(extra: &str) -> Vec<String> {
-        parse_policy(&format!("{ONE_ROUTE}\n{extra}"))
-            .expect_err("must be rejected")
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+    fn errors_with(extra: &str) -> Vec<String> {
+        errors_of(&format!("{ONE_ROUTE}\n{extra}"))
     }
 
     #[test]
@@ -169,21 +153,19 @@ mod tests {
 
     #[test]
     fn every_outlier_error_names_its_field() {
-        let errs = errors_of(
+        let errs = errors_with(
             "[outlier]\nconsecutive_failures = 0\nbase_ejection_ms = 5000\nmax_ejection_ms = 1000\nmax_ejected_percent = 101\n",
         );
-        for e in [
-            "outlier.consecutive_failures: must be greater than 0",
-            "outlier.max_ejection_ms: 1000 is shorter than outlier.base_ejection_ms (5000)",
-            "outlier.max_ejected_percent: 101 must be a percentage",
-        ] {
-            assert!(
-                errs.iter().any(|got| got.starts_with(e)),
-                "missing {e:?} in {errs:#?}"
-            );
-        }
+        assert_errors(
+            &errs,
+            &[
+                "outlier.consecutive_failures: must be greater than 0",
+                "outlier.max_ejection_ms: 1000 is shorter than outlier.base_ejection_ms (5000)",
+                "outlier.max_ejected_percent: 101 must be a percentage",
+            ],
+        );
         assert!(
-            errors_of("[outlier]\nejections = 3\n")[0].contains("unknown field `ejections`"),
+            errors_with("[outlier]\nejections = 3\n")[0].contains("unknown field `ejections`"),
             "unknown fields are refused"
         );
     }
@@ -194,21 +176,15 @@ mod tests {
             "url = \"http://127.0.0.1:9101\"",
             "url = \"http://127.0.0.1:9101\"\n[backends.health_check]\npath = \"health\"\ninterval_ms = 1000\ntimeout_ms = 2000\nrise = 0\nfall = 101",
         );
-        let errs: Vec<String> = parse_policy(&text)
-            .unwrap_err()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        for e in [
-            "backends[0].health_check.path: `health` is not a path",
-            "backends[0].health_check.timeout_ms: 2000 is longer than interval_ms (1000)",
-            "backends[0].health_check.rise: must be greater than 0",
-            "backends[0].health_check.fall: must be at most 100",
-        ] {
-            assert!(
-                errs.iter().any(|got| got.starts_with(e)),
-                "missing {e:?} in {errs:#?}"
-            );
-        }
+        let errs = errors_of(&text);
+        assert_errors(
+            &errs,
+            &[
+                "backends[0].health_check.path: `health` is not a path",
+                "backends[0].health_check.timeout_ms: 2000 is longer than interval_ms (1000)",
+                "backends[0].health_check.rise: must be greater than 0",
+                "backends[0].health_check.fall: must be at most 100",
+            ],
+        );
     }
 }

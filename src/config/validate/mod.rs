@@ -195,6 +195,21 @@ pub(super) fn positive(path: &str, value: Option<u64>, default: u64, errors: &mu
     }
 }
 
+/// [`positive`], and at most `max`: a larger value is an error naming the bound.
+pub(super) fn positive_at_most(
+    path: &str,
+    value: Option<u64>,
+    default: u64,
+    max: u64,
+    errors: &mut Errors,
+) -> u64 {
+    let v = positive(path, value, default, errors);
+    if v > max {
+        errors.push(path, format!("must be at most {max}"));
+    }
+    v
+}
+
 /// Weight in percent with at most two decimals → basis points.
 pub(super) fn weight_bp(w: f64) -> Option<u32> {
     if !w.is_finite() || !(0.0..=100.0).contains(&w) {
@@ -248,6 +263,27 @@ pub fn check_windows_swap(
         Ok(())
     } else {
         Err(errors.0)
+    }
+}
+
+/// The errors a policy is refused with, as the operator reads them.
+#[cfg(test)]
+pub(crate) fn errors_of(text: &str) -> Vec<String> {
+    parse_policy(text)
+        .expect_err("must be rejected")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Asserts that each of `expected` begins one of `errors`.
+#[cfg(test)]
+pub(crate) fn assert_errors(errors: &[String], expected: &[&str]) {
+    for e in expected {
+        assert!(
+            errors.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in {errors:#?}"
+        );
     }
 }
 
@@ -308,14 +344,6 @@ mod tests {
         assert_eq!(p.server.max_body_bytes, 8 * 1024 * 1024);
     }
 
-    fn errors_of(text: &str) -> Vec<String> {
-        parse_policy(text)
-            .expect_err("must be rejected")
-            .iter()
-            .map(ToString::to_string)
-            .collect()
-    }
-
     #[test]
     fn every_error_is_collected_with_its_path() {
         let bad = GOOD
@@ -334,12 +362,7 @@ mod tests {
             "routes[0].arms[1].backends[1]: unknown backend `zz`",
             "routes[0].arms: weights sum to 94.75, they must sum to 100",
         ];
-        for e in expect {
-            assert!(
-                errs.iter().any(|got| got.starts_with(e)),
-                "missing {e:?} in {errs:#?}"
-            );
-        }
+        assert_errors(&errs, &expect);
     }
 
     #[test]
@@ -445,17 +468,15 @@ mod tests {
                     "backend = \"v9\"\n          percent = 101",
                 ),
         );
-        for e in [
-            "routes[0].active: no arm belongs to set `purple`",
-            "routes[0].arms: weights of set `green` sum to 101, they must sum to 100",
-            "routes[0].shadow.backend: unknown backend `v9`",
-            "routes[0].shadow.percent: 101 must be a percentage",
-        ] {
-            assert!(
-                errs.iter().any(|got| got.starts_with(e)),
-                "missing {e:?} in {errs:#?}"
-            );
-        }
+        assert_errors(
+            &errs,
+            &[
+                "routes[0].active: no arm belongs to set `purple`",
+                "routes[0].arms: weights of set `green` sum to 101, they must sum to 100",
+                "routes[0].shadow.backend: unknown backend `v9`",
+                "routes[0].shadow.percent: 101 must be a percentage",
+            ],
+        );
         let errs = errors_of(&BLUE_GREEN.replace(
             "percent = 12.5",
             "percent = 12.5\n          sample_file = \"/no/such/dir/pairs.jsonl\"\n          sample_max_bytes = 10",
