@@ -309,34 +309,32 @@ pub fn render(snapshot: &crate::config::PolicySnapshot, now: Instant, out: &mut 
             );
         }
     }
-    prom::family(
+    let per_backend =
+        |out: &mut String, name: &str, kind: &str, help: &str, value: fn(&BackendHealth) -> u64| {
+            prom::family(out, name, kind, help);
+            for (spec, load) in backends() {
+                prom::sample(
+                    out,
+                    name,
+                    &prom::labels(&[("backend", &spec.name)]),
+                    value(&load.health),
+                );
+            }
+        };
+    per_backend(
         out,
         "switchyard_backend_ejections_total",
         "counter",
         "Passive ejections of each backend since start.",
+        BackendHealth::ejections,
     );
-    for (spec, load) in backends() {
-        prom::sample(
-            out,
-            "switchyard_backend_ejections_total",
-            &prom::labels(&[("backend", &spec.name)]),
-            load.health.ejections(),
-        );
-    }
-    prom::family(
+    per_backend(
         out,
         "switchyard_backend_consecutive_failures",
         "gauge",
         "Failed attempts in a row on each backend (ejection comes at outlier.consecutive_failures).",
+        |h| u64::from(h.consecutive_failures()),
     );
-    for (spec, load) in backends() {
-        prom::sample(
-            out,
-            "switchyard_backend_consecutive_failures",
-            &prom::labels(&[("backend", &spec.name)]),
-            load.health.consecutive_failures(),
-        );
-    }
 }
 
 /// What `/admin/backends` shows of one backend's health at `now`.
