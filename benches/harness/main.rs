@@ -170,11 +170,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Cmd::Suite(args) => finish(scenarios::main(args_to_opts(args, false))),
-        Cmd::Smoke(args) => finish(scenarios::main(args_to_opts(args, true))),
-        Cmd::Render { out_dir, markdown } => finish(report::render(&out_dir, &markdown)),
+    finish(run(Cli::parse().command))
+}
+
+fn run(command: Cmd) -> Result<()> {
+    match command {
+        Cmd::Suite(args) => scenarios::main(args_to_opts(args, false)),
+        Cmd::Smoke(args) => scenarios::main(args_to_opts(args, true)),
+        Cmd::Render { out_dir, markdown } => report::render(&out_dir, &markdown),
         Cmd::Soak {
             minutes,
             switchyard,
@@ -183,21 +186,18 @@ fn main() -> ExitCode {
             sample_every,
             guardrail_span,
         } => {
-            let switchyard = match gateway_binary(switchyard) {
-                Ok(p) => p,
-                Err(e) => return finish(Err(e)),
-            };
+            let switchyard = gateway_binary(switchyard)?;
             if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
-                return finish(Err(format!("--minutes {minutes}: must be in (0, 1440]")));
+                bail!("--minutes {minutes}: must be in (0, 1440]");
             }
-            finish(soak::main(soak::SoakOptions {
+            soak::main(soak::SoakOptions {
                 switchyard,
                 duration: Duration::from_secs_f64(minutes * 60.0),
                 workers: workers.max(1),
                 swap_every,
                 sample_every,
                 guardrail_span,
-            }))
+            })
         }
         Cmd::Flood {
             switchyard,
@@ -207,23 +207,18 @@ fn main() -> ExitCode {
             settle,
             label,
         } => {
-            let switchyard = match gateway_binary(switchyard) {
-                Ok(p) => p,
-                Err(e) => return finish(Err(e)),
-            };
+            let switchyard = gateway_binary(switchyard)?;
             if !(1..=100_000).contains(&connections) || !(1..=10).contains(&floods) {
-                return finish(Err(
-                    "--connections must be 1..=100000 and --floods 1..=10".to_owned()
-                ));
+                bail!("--connections must be 1..=100000 and --floods 1..=10");
             }
-            finish(flood::main(flood::FloodOptions {
+            flood::main(flood::FloodOptions {
                 switchyard,
                 connections,
                 floods,
                 hold,
                 settle,
                 label,
-            }))
+            })
         }
         Cmd::Floor {
             listen, upstream, ..
@@ -239,8 +234,7 @@ fn main() -> ExitCode {
             ramp,
         } => {
             let Some(addr) = resolve(&addr) else {
-                eprintln!("cannot resolve {addr}");
-                return ExitCode::FAILURE;
+                bail!("cannot resolve {addr}");
             };
             let body = match stream {
                 Some(events) => scenarios::stream_body(events),
@@ -264,7 +258,7 @@ fn main() -> ExitCode {
                 "{}",
                 serde_json::to_string_pretty(&report).expect("reports serialise")
             );
-            ExitCode::SUCCESS
+            Ok(())
         }
     }
 }
