@@ -18,6 +18,14 @@ for pkg in "$@"; do
   esac
 done
 
+# A build from scratch (tests, lints and the bench binaries, debug) takes about 3 GB in target/:
+# say so up front rather than let the linker fail half-way with "No space left on device".
+target=${CARGO_TARGET_DIR:-target}
+free_mb=$( (df -Pm "$target" 2>/dev/null || df -Pm .) | awk 'NR == 2 { print $4 }')
+if [ "${free_mb:-0}" -lt 3072 ]; then
+  echo "switchyard: warning: only ${free_mb} MB free where $target lives; a build from scratch needs about 3 GB" >&2
+fi
+
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
