@@ -349,6 +349,7 @@ fn cache_l2(c: &mut Criterion) {
             events,
             usage_event: None,
         },
+        hit_head: Default::default(),
     };
     let encoded = wire::encode(&answer);
     eprintln!(

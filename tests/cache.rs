@@ -98,20 +98,40 @@ async fn a_repeated_deterministic_request_is_answered_from_cache_byte_for_byte()
     assert_eq!(second.header("x-switchyard-policy-version"), "1");
     assert_eq!(second.header("x-switchyard-cost-usd"), "0");
 
+    // The entry keeps the headers that depend on it alone; what the policy says is read at
+    // each hit: a swap that gives the backend a tier shows on the next hit of the same entry.
+    let tiered = gw
+        .store
+        .current()
+        .source
+        .replace("name = \"a\"\n", "name = \"a\"\ntier = \"small\"\n");
+    gw.store
+        .apply(&tiered, switchyard::config::PolicySource::Api, "a tier")
+        .expect("valid swap");
+    let third = post_json(&c, &chat_url(&gw), &greedy("hello")).await;
+    assert_eq!(third.header("x-switchyard-cache"), "hit");
+    assert_eq!(s.requests_served(), 1);
+    assert_eq!(third.body, first.body);
+    assert_eq!(third.header("x-switchyard-policy-version"), "2");
+    assert_eq!(third.header("x-switchyard-tier"), "small");
+    assert_eq!(third.header("x-switchyard-backend"), "a");
+    assert_eq!(third.header("x-switchyard-cache-layer"), "l1");
+    assert_eq!(third.header("content-length"), first.body.len().to_string());
+
     let report = admin_json(&c, &gw).await;
     let route = &report["routes"][0];
     assert_eq!(route["route"], "chat");
     assert_eq!(
         (route["hits"]["l1"].as_u64(), route["misses"].as_u64()),
-        (Some(1), Some(1))
+        (Some(2), Some(1))
     );
-    assert_eq!(route["hit_ratio"], 0.5);
+    assert!((route["hit_ratio"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
     assert_eq!(report["entries"], 1);
     let metrics = request(&c, "GET", &format!("{}/metrics", gw.admin_url()), &[], "").await;
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(
         text.contains(
-            "switchyard_cache_lookups_total{route=\"chat\",result=\"hit\",layer=\"l1\"} 1"
+            "switchyard_cache_lookups_total{route=\"chat\",result=\"hit\",layer=\"l1\"} 2"
         ),
         "{text}"
     );

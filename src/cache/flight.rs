@@ -122,6 +122,7 @@ mod tests {
                 content_type: "application/json".into(),
                 bytes: bytes::Bytes::from_static(b"{}"),
             },
+            hit_head: crate::cache::HitHead::default(),
         })
     }
 

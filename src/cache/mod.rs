@@ -17,6 +17,6 @@ pub mod store;
 
 pub use key::CacheKey;
 pub use plan::{plan, Plan, SeenBody};
-pub use record::{AnswerBody, CachedAnswer, Recorder};
+pub use record::{AnswerBody, CachedAnswer, HitHead, Recorder};
 pub use stats::Layer;
 pub use store::ResponseCache;

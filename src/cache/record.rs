@@ -11,7 +11,10 @@
 //!   upstream as a miss; its answer (with usage) replaces the entry and then serves both kinds.
 //!   Usage is never made up.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
+use http::HeaderMap;
 use memchr::memmem;
 
 /// An answer as the cache keeps it.
@@ -28,6 +31,36 @@ pub struct CachedAnswer {
     /// What the upstream answer cost; a hit saves this much.
     pub cost_usd: f64,
     pub body: AnswerBody,
+    /// The part of a hit's head that depends only on this entry, built by its first hit.
+    pub hit_head: HitHead,
+}
+
+/// Headers derived from an entry and kept beside it, so that only the first of its hits builds
+/// them (each later hit clones the map: no header is hashed, validated or copied again). Not
+/// stored in Redis and not part of an entry's identity: two entries holding the same answer are
+/// equal whether or not either has served a hit.
+#[derive(Debug, Default, Clone)]
+pub struct HitHead(OnceLock<HeaderMap>);
+
+impl HitHead {
+    /// The headers, built by `build` the first time.
+    pub fn get_or_build<E>(
+        &self,
+        build: impl FnOnce() -> Result<HeaderMap, E>,
+    ) -> Result<&HeaderMap, E> {
+        if let Some(headers) = self.0.get() {
+            return Ok(headers);
+        }
+        let headers = build()?;
+        // Two first hits at once both build; either map will do.
+        Ok(self.0.get_or_init(|| headers))
+    }
+}
+
+impl PartialEq for HitHead {
+    fn eq(&self, _: &HitHead) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,8 +77,9 @@ pub enum AnswerBody {
     },
 }
 
-/// Fixed overhead counted per entry on top of its bytes, so many tiny entries still weigh.
-const ENTRY_OVERHEAD: usize = 256;
+/// Fixed overhead counted per entry on top of its bytes, so many tiny entries still weigh: the
+/// entry and moka's node, and the hit head's map (its copies of the names are counted with them).
+const ENTRY_OVERHEAD: usize = 1024;
 
 impl CachedAnswer {
     /// What the entry weighs against `[cache] max_bytes`.
@@ -54,10 +88,10 @@ impl CachedAnswer {
             AnswerBody::Plain {
                 content_type,
                 bytes,
-            } => content_type.len() + bytes.len(),
+            } => 2 * content_type.len() + bytes.len(),
             AnswerBody::Stream { events, .. } => events.iter().map(|e| e.len() + 16).sum(),
         };
-        ENTRY_OVERHEAD + self.route.len() + self.arm.len() + self.backend.len() + body
+        ENTRY_OVERHEAD + 2 * (self.route.len() + self.arm.len() + self.backend.len()) + body
     }
 
     /// Milliseconds the entry has left at `now_ms` (0 when expired).
@@ -270,7 +304,7 @@ fn classify(event: &[u8]) -> EventKind {
 /// stream shrinks about tenfold, for tens of microseconds on the background fill and a few on
 /// an L2 hit, which already waits a Redis round trip (`benches/findings.md`, cache section).
 pub mod wire {
-    use super::{AnswerBody, CachedAnswer};
+    use super::{AnswerBody, CachedAnswer, HitHead};
     use bytes::Bytes;
 
     const MAGIC: &[u8; 4] = b"SYC1";
@@ -395,6 +429,7 @@ pub mod wire {
             ttl_ms,
             cost_usd,
             body,
+            hit_head: HitHead::default(),
         })
     }
 
@@ -468,6 +503,7 @@ data: [DONE]\n\n";
             ttl_ms: 5_000,
             cost_usd: 0.25,
             body,
+            hit_head: HitHead::default(),
         };
         assert_eq!(answer.replay_events(true).count(), 3);
         let without: Vec<&Bytes> = answer.replay_events(false).collect();
@@ -534,6 +570,7 @@ data: [DONE]\n\n";
             ttl_ms: 1,
             cost_usd: 0.0,
             body,
+            hit_head: HitHead::default(),
         };
         assert!(a.serves(false) && !a.serves(true));
     }
@@ -580,6 +617,7 @@ data: [DONE]\n\n";
                 events,
                 usage_event: None,
             },
+            hit_head: HitHead::default(),
         }
     }
 

@@ -273,6 +273,7 @@ mod tests {
                 content_type: "application/json".into(),
                 bytes: bytes::Bytes::from(vec![b'x'; bytes]),
             },
+            hit_head: crate::cache::HitHead::default(),
         })
     }
 

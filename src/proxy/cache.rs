@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
+use http::HeaderMap;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
@@ -19,7 +20,9 @@ use crate::cache::flight::{self, FlightGuard, Joined};
 use crate::cache::memo::BodyDigest;
 use crate::cache::stats::RouteCacheStats;
 use crate::cache::store::{now_ms, FACTS_MEMO_MAX_BODY};
-use crate::cache::{AnswerBody, CacheKey, CachedAnswer, Layer, Plan, Recorder, ResponseCache};
+use crate::cache::{
+    AnswerBody, CacheKey, CachedAnswer, HitHead, Layer, Plan, Recorder, ResponseCache,
+};
 use crate::config::PolicySnapshot;
 use crate::error::GatewayError;
 use crate::routing::{Endpoint, RequestFacts};
@@ -77,7 +80,6 @@ impl Fill {
 
     /// Called when the relay is over: stores the answer if it is a complete success, and
     /// settles the flight either way (dropping the guard releases the followers).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn finish(
         self,
         recorder: Recorder,
@@ -115,6 +117,7 @@ impl Fill {
                     ttl_ms,
                     cost_usd: ctx.record.cost_usd,
                     body,
+                    hit_head: HitHead::default(),
                 });
                 cache.store(key, answer.clone());
                 stats.stores.fetch_add(1, Relaxed);
@@ -257,55 +260,25 @@ async fn write_hit(
     record.outcome = Outcome::Success;
     record.cost_usd = cost;
     let build = || -> pingora::Result<Box<ResponseHeader>> {
-        let mut down = head::parts(200, 10)?;
+        let mut down = head::parts(200, 0)?;
         let headers = &mut down.headers;
-        match &answer.body {
-            AnswerBody::Plain {
-                content_type,
-                bytes,
-            } => {
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_str(content_type).map_err(head::invalid)?,
-                );
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                headers.insert(
-                    head::COST_USD,
-                    HeaderValue::from_str(&format_usd(cost)).map_err(head::invalid)?,
-                );
-            }
-            AnswerBody::Stream { .. } => {
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/event-stream"),
-                );
-                headers.insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-            }
+        *headers = answer.hit_head.get_or_build(|| fixed_head(answer))?.clone();
+        headers.reserve(5);
+        if let AnswerBody::Plain { .. } = answer.body {
+            headers.insert(
+                head::COST_USD,
+                HeaderValue::from_str(&format_usd(cost)).map_err(head::invalid)?,
+            );
         }
-        headers.insert(head::CACHE, HeaderValue::from_static("hit"));
-        headers.insert(
-            HeaderName::from_static("x-switchyard-cache-layer"),
-            HeaderValue::from_static(layer.as_str()),
-        );
+        headers.insert(head::CACHE_LAYER, HeaderValue::from_static(layer.as_str()));
         headers.insert(header::AGE, HeaderValue::from(answer.age_s(now_ms())));
-        head::tell(
-            headers,
-            &head::Answered {
-                route: &answer.route,
-                arm: &answer.arm,
-                backend: &answer.backend,
-                tier: snapshot
-                    .policy
-                    .backends
-                    .iter()
-                    .find(|b| b.name == answer.backend)
-                    .and_then(|b| b.tier.as_deref()),
-                policy_version: snapshot.version,
-            },
-        )?;
+        let tier = snapshot
+            .policy
+            .backends
+            .iter()
+            .find(|b| b.name == answer.backend)
+            .and_then(|b| b.tier.as_deref());
+        head::tell_policy(headers, tier, snapshot.version)?;
         Ok(head::finish(down))
     };
     let down = build().map_err(Failure::Abort)?;
@@ -335,6 +308,37 @@ async fn write_hit(
         }
     }
     Ok(())
+}
+
+/// The headers of a hit that depend only on the entry: content type and framing, `hit`, and
+/// the route, arm and backend that produced it.
+fn fixed_head(answer: &CachedAnswer) -> pingora::Result<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(11);
+    match &answer.body {
+        AnswerBody::Plain {
+            content_type,
+            bytes,
+        } => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(content_type).map_err(head::invalid)?,
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        }
+        AnswerBody::Stream { .. } => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+    }
+    headers.insert(head::CACHE, HeaderValue::from_static("hit"));
+    head::tell_names(&mut headers, &answer.route, &answer.arm, &answer.backend)?;
+    Ok(headers)
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub(super) const POLICY_VERSION: HeaderName =
 pub(super) const COST_USD: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
 /// `hit`, `miss` or `bypass`: what the cache did.
 pub(super) const CACHE: HeaderName = HeaderName::from_static("x-switchyard-cache");
+/// On a hit: `l1`, `l2` or `flight`, where the answer came from.
+pub(super) const CACHE_LAYER: HeaderName = HeaderName::from_static("x-switchyard-cache-layer");
 
 /// Who answered a request, as the client is told in `x-switchyard-*` headers.
 pub(super) struct Answered<'a> {
@@ -41,15 +43,38 @@ pub(super) fn parts(status: u16, capacity: usize) -> pingora::Result<Parts> {
 
 /// Adds route, arm, backend, tier and policy version.
 pub(super) fn tell(headers: &mut HeaderMap, who: &Answered<'_>) -> pingora::Result<()> {
-    let text = |s: &str| HeaderValue::from_str(s).map_err(invalid);
-    headers.insert(ROUTE, text(who.route)?);
-    headers.insert(ARM, text(who.arm)?);
-    headers.insert(BACKEND, text(who.backend)?);
-    if let Some(tier) = who.tier {
+    tell_names(headers, who.route, who.arm, who.backend)?;
+    tell_policy(headers, who.tier, who.policy_version)
+}
+
+/// Adds route, arm and backend: what a cache entry knows of who answered.
+pub(super) fn tell_names(
+    headers: &mut HeaderMap,
+    route: &str,
+    arm: &str,
+    backend: &str,
+) -> pingora::Result<()> {
+    headers.insert(ROUTE, text(route)?);
+    headers.insert(ARM, text(arm)?);
+    headers.insert(BACKEND, text(backend)?);
+    Ok(())
+}
+
+/// Adds the backend's tier and the policy version: what the current policy says.
+pub(super) fn tell_policy(
+    headers: &mut HeaderMap,
+    tier: Option<&str>,
+    policy_version: u64,
+) -> pingora::Result<()> {
+    if let Some(tier) = tier {
         headers.insert(TIER, text(tier)?);
     }
-    headers.insert(POLICY_VERSION, HeaderValue::from(who.policy_version));
+    headers.insert(POLICY_VERSION, HeaderValue::from(policy_version));
     Ok(())
+}
+
+fn text(s: &str) -> pingora::Result<HeaderValue> {
+    HeaderValue::from_str(s).map_err(invalid)
 }
 
 /// A name from the policy that is not a valid header value (validation keeps them printable,
