@@ -2,7 +2,8 @@
 //!
 //! The crate is one binary (`switchyard`) and this library, which the binary,
 //! the integration tests and the benchmarks share. See `README.md` for the
-//! operator's view and `docs/` for the concepts.
+//! operator's view and the concepts, and `benches/findings.md` for what the
+//! profiles showed.
 #![deny(unsafe_code)]
 
 pub mod admin;

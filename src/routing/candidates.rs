@@ -93,7 +93,10 @@ pub fn tier_sequence(
 /// Orders `backends` (indexes into the policy's backends, in the arm's declared order) for one
 /// request whose prompt has `prompt_blocks` hashed blocks. `balance` orders each tier, `draws`
 /// break ties (and let `prefix` explore); `view` describes each backend now.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "pure: every fact the decision reads is passed in, none fetched"
+)]
 pub fn order_backends(
     backends: &[usize],
     start_tier: usize,

@@ -148,7 +148,10 @@ pub fn choose_arm(
 /// the same draws). A backend already listed is not listed again. `view` describes each
 /// backend now; `plan` is the plan of the client's API key. Errors when nothing at all can be
 /// tried.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "pure: every fact the decision reads is passed in, none fetched"
+)]
 pub fn candidates(
     snapshot: &PolicySnapshot,
     route_index: usize,

@@ -41,7 +41,10 @@ pub fn server_section(extra: &str) -> String {
     )
 }
 
-pub const TOKEN: &str = "test-token-123";
+/// The admin token: `.cargo/config.toml` puts it in the environment of every process cargo
+/// runs, the tests included, so that no test has to set a variable while other threads read
+/// the environment.
+pub const TOKEN: &str = env!("SWITCHYARD_TEST_TOKEN");
 
 pub fn backend(name: &str, url: &str, extra: &str) -> String {
     format!("[[backends]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n")
@@ -65,13 +68,11 @@ pub fn route(name: &str, models: &[&str], sticky: &str, arms: &[(&str, &[&str], 
 }
 
 pub fn start_gateway(policy: &str) -> RunningGateway {
-    std::env::set_var("SWITCHYARD_TEST_TOKEN", TOKEN);
     RunningGateway::start(policy, None, Duration::from_millis(100)).expect("gateway starts")
 }
 
 /// Writes the policy to a file the gateway watches.
 pub fn start_gateway_watching(policy: &str, dir: &tempfile::TempDir) -> (RunningGateway, PathBuf) {
-    std::env::set_var("SWITCHYARD_TEST_TOKEN", TOKEN);
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, policy).unwrap();
     let gw = RunningGateway::start(policy, Some(path.clone()), Duration::from_millis(100))
