@@ -268,8 +268,8 @@ fn resolve(addr: &str) -> Option<SocketAddr> {
     addr.to_socket_addrs().ok()?.next()
 }
 
-fn args_to_opts(a: SuiteArgs, smoke: bool) -> scenarios::Options {
-    scenarios::Options {
+fn args_to_opts(a: SuiteArgs, smoke: bool) -> report::Options {
+    report::Options {
         smoke,
         switchyard: a.switchyard,
         nginx: a.nginx,

@@ -3,16 +3,26 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenarios::Options;
 use crate::stats::RunReport;
 use crate::svg::{Chart, Scale};
 use crate::targets::Env;
 use crate::Result;
+
+/// What the suite's command line asked for; the report says what it ran with.
+pub struct Options {
+    pub smoke: bool,
+    pub switchyard: Option<PathBuf>,
+    pub nginx: Option<PathBuf>,
+    pub pin: bool,
+    pub out_dir: PathBuf,
+    pub markdown: PathBuf,
+    pub only: Vec<u8>,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Results {

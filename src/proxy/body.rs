@@ -1,4 +1,5 @@
-//! Reads the client's request body once, whole, within the policy's limit.
+//! Reads the client's request body once, whole, within the policy's limit; after it, notices
+//! when the client goes away.
 
 use std::time::Duration;
 
@@ -60,4 +61,13 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gat
     tokio::time::timeout(BODY_TIMEOUT, read)
         .await
         .unwrap_or(Err(GatewayError::BodyTimeout(BODY_TIMEOUT.as_secs())))
+}
+
+/// Resolves when the client closes its connection (the request body is already read, so
+/// anything else on the socket is the client's going away). Never resolves otherwise.
+pub(super) async fn client_gone(session: &mut Session) -> Box<pingora::Error> {
+    match session.downstream_session.read_body_or_idle(true).await {
+        Err(e) => e,
+        Ok(_) => std::future::pending().await,
+    }
 }

@@ -1,7 +1,7 @@
-//! The cache's places in the exchange: reading a repeated body's facts from the memo, before
-//! the exchange (look up, follow an identical request already upstream, or answer from an
-//! entry) and after the relay (store a complete success). The decisions are `cache::plan`'s;
-//! this file only does the I/O they call for.
+//! The cache's places in the exchange: reading a repeated body's facts from the memo, and
+//! before the exchange (look up, follow an identical request already upstream, or answer from
+//! an entry). Storing a miss's answer after the relay is [`Fill`]'s. The decisions are
+//! `cache::plan`'s; this file only does the I/O they call for.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -13,16 +13,13 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use super::ctx::RequestCtx;
+use super::fill::Fill;
 use super::head;
-use super::relay::format_usd;
 use super::Failure;
-use crate::cache::flight::{self, FlightGuard, Joined};
+use crate::cache::flight::{self, Joined};
 use crate::cache::memo::BodyDigest;
-use crate::cache::stats::RouteCacheStats;
 use crate::cache::store::{now_ms, FACTS_MEMO_MAX_BODY};
-use crate::cache::{
-    AnswerBody, CacheKey, CachedAnswer, HitHead, Layer, Plan, Recorder, ResponseCache,
-};
+use crate::cache::{AnswerBody, CachedAnswer, Layer, Plan, ResponseCache};
 use crate::config::PolicySnapshot;
 use crate::error::GatewayError;
 use crate::routing::{Endpoint, RequestFacts};
@@ -59,78 +56,6 @@ pub(super) fn request_facts(
     let facts = parse()?;
     cache.facts_memo().put(digest, facts.clone());
     Ok((facts, Some(digest)))
-}
-
-/// A miss whose answer may be stored: carried in the request's context to the relay.
-pub(crate) struct Fill {
-    cache: Arc<ResponseCache>,
-    stats: Arc<RouteCacheStats>,
-    key: CacheKey,
-    ttl_ms: u64,
-    max_entry_bytes: usize,
-    /// Set when this request leads the flight of identical misses.
-    flight: Option<FlightGuard>,
-}
-
-impl Fill {
-    /// A recorder for the answer about to be relayed.
-    pub(crate) fn recorder(&self, is_sse: bool) -> Recorder {
-        Recorder::new(is_sse, self.max_entry_bytes)
-    }
-
-    /// Called when the relay is over: stores the answer if it is a complete success, and
-    /// settles the flight either way (dropping the guard releases the followers).
-    pub(crate) fn finish(
-        self,
-        recorder: Recorder,
-        status: u16,
-        complete: bool,
-        content_type: &str,
-        snapshot: &PolicySnapshot,
-        ctx: &RequestCtx,
-    ) {
-        let Fill {
-            cache,
-            stats,
-            key,
-            ttl_ms,
-            max_entry_bytes: _,
-            flight,
-        } = self;
-        let complete = complete && ctx.record.outcome == Outcome::Success;
-        match recorder.finish(status, complete, content_type) {
-            Ok(body) => {
-                let policy = &snapshot.policy;
-                let route = ctx.record.route.map(|r| &policy.routes[r]);
-                let answer = Arc::new(CachedAnswer {
-                    route: route.map(|r| r.name.clone()).unwrap_or_default(),
-                    arm: route
-                        .zip(ctx.record.arm)
-                        .map(|(r, a)| r.arms.arms()[a].name.clone())
-                        .unwrap_or_default(),
-                    backend: ctx
-                        .record
-                        .backend
-                        .map(|b| policy.backends[b].name.clone())
-                        .unwrap_or_default(),
-                    stored_at_ms: now_ms(),
-                    ttl_ms,
-                    cost_usd: ctx.record.cost_usd,
-                    body,
-                    hit_head: HitHead::default(),
-                });
-                cache.store(key, answer.clone());
-                stats.stores.fetch_add(1, Relaxed);
-                if let Some(flight) = flight {
-                    flight.complete(answer);
-                }
-            }
-            Err(why) => {
-                stats.not_stored.fetch_add(1, Relaxed);
-                tracing::debug!(key = %key, reason = why.as_str(), "answer not cached");
-            }
-        }
-    }
 }
 
 /// What the cache step decided.
@@ -265,10 +190,7 @@ async fn write_hit(
         *headers = answer.hit_head.get_or_build(|| fixed_head(answer))?.clone();
         headers.reserve(5);
         if let AnswerBody::Plain { .. } = answer.body {
-            headers.insert(
-                head::COST_USD,
-                HeaderValue::from_str(&format_usd(cost)).map_err(head::invalid)?,
-            );
+            headers.insert(head::COST_USD, head::usd(cost)?);
         }
         headers.insert(head::CACHE_LAYER, HeaderValue::from_static(layer.as_str()));
         headers.insert(header::AGE, HeaderValue::from(answer.age_s(now_ms())));

@@ -25,7 +25,7 @@ pub struct RequestCtx {
     /// added to them when it ends.
     pub(super) admitted: Option<Admitted>,
     /// Set on a cache miss whose answer may be stored; the relay records into it.
-    pub(super) cache_fill: Option<super::cache::Fill>,
+    pub(super) cache_fill: Option<super::fill::Fill>,
     /// `(matched, prompt)` prefix blocks of the answering backend, on prefix-balanced routes.
     pub prefix_match: Option<(usize, usize)>,
 }

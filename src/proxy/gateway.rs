@@ -13,7 +13,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use rand::Rng;
 
-use super::body::read_body;
+use super::body::{client_gone, read_body};
 use super::cache;
 use super::ctx::RequestCtx;
 use super::exchange::{precommit, Exchange};
@@ -231,15 +231,6 @@ async fn first_of<L, R>(
     tokio::select! {
         l = a => Either::Left(l),
         r = b => Either::Right(r),
-    }
-}
-
-/// Resolves when the client closes its connection (the request body is already read, so
-/// anything else on the socket is the client's going away). Never resolves otherwise.
-pub(super) async fn client_gone(session: &mut Session) -> Box<Error> {
-    match session.downstream_session.read_body_or_idle(true).await {
-        Err(e) => e,
-        Ok(_) => std::future::pending().await,
     }
 }
 

@@ -87,3 +87,47 @@ pub(super) fn invalid(e: InvalidHeaderValue) -> Box<Error> {
 pub(super) fn finish(parts: Parts) -> Box<ResponseHeader> {
     Box::new(ResponseHeader::from(parts))
 }
+
+/// A cost in USD as a header value (`x-switchyard-cost-usd`).
+pub(super) fn usd(cost: f64) -> pingora::Result<HeaderValue> {
+    if cost == 0.0 {
+        // Every cache hit that is not billed.
+        return Ok(HeaderValue::from_static("0"));
+    }
+    HeaderValue::from_str(&format_usd(cost)).map_err(invalid)
+}
+
+/// USD with enough decimals for a single small request (nano-dollars), trailing zeros trimmed.
+fn format_usd(cost: f64) -> String {
+    // Whole nano-dollars through integer formatting: float formatting at a fixed precision
+    // showed up in the per-request profile.
+    let nanos = (cost * 1e9).round();
+    if !(0.0..1e18).contains(&nanos) {
+        let text = format!("{cost:.9}");
+        let text = text.trim_end_matches('0');
+        return text.strip_suffix('.').unwrap_or(text).to_owned();
+    }
+    let nanos = nanos as u64;
+    let (whole, frac) = (nanos / 1_000_000_000, nanos % 1_000_000_000);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:09}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_usd;
+
+    #[test]
+    fn usd_is_exact_to_the_nano_dollar() {
+        assert_eq!(format_usd(0.000_123_4), "0.0001234");
+        assert_eq!(format_usd(2.0), "2");
+        assert_eq!(format_usd(0.0), "0");
+        assert_eq!(format_usd(1.25), "1.25");
+        assert_eq!(format_usd(0.000_000_001), "0.000000001");
+        assert_eq!(format_usd(12.000_000_5), "12.0000005");
+        assert_eq!(format_usd(f64::NAN), "NaN");
+    }
+}

@@ -16,6 +16,7 @@ pub(crate) mod body;
 mod cache;
 mod ctx;
 mod exchange;
+mod fill;
 mod gateway;
 mod head;
 mod observe;

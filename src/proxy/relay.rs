@@ -14,9 +14,9 @@ use pingora::proxy::Session;
 use pingora::time::fast_timeout::fast_timeout;
 use pingora::{Error, ErrorType};
 
+use super::body::client_gone;
 use super::ctx::RequestCtx;
 use super::exchange::{Committed, Exchange};
-use super::gateway::client_gone;
 use super::head;
 use super::Failure;
 use crate::cost::cost_usd;
@@ -180,13 +180,13 @@ pub(super) async fn relay(
                 .map_err(|e| gone_failure(ctx, e))?;
             if let Some((fill, recorder)) = fill {
                 let content_type = content_type.unwrap_or_default();
-                fill.finish(recorder, status, true, &content_type, snapshot, ctx);
+                fill.finish(recorder, status, true, &content_type, snapshot, &ctx.record);
             }
             Ok(())
         }
         Some((code, message, outcome)) => {
             if let Some((fill, recorder)) = fill {
-                fill.finish(recorder, status, false, "", snapshot, ctx);
+                fill.finish(recorder, status, false, "", snapshot, &ctx.record);
             }
             ctx.record.outcome = if is_sse {
                 outcome
@@ -305,10 +305,7 @@ fn downstream_header(
         },
     )?;
     if let Some(cost) = cost {
-        headers.insert(
-            head::COST_USD,
-            HeaderValue::from_str(&format_usd(cost)).map_err(head::invalid)?,
-        );
+        headers.insert(head::COST_USD, head::usd(cost)?);
     }
     match ctx.record.cache {
         CacheStatus::Off | CacheStatus::Hit => {}
@@ -328,43 +325,8 @@ fn downstream_header(
     Ok(head::finish(down))
 }
 
-/// USD with enough decimals for a single small request (nano-dollars), trailing zeros trimmed.
-pub(super) fn format_usd(cost: f64) -> String {
-    // Whole nano-dollars through integer formatting: float formatting at a fixed precision
-    // showed up in the per-request profile.
-    let nanos = (cost * 1e9).round();
-    if !(0.0..1e18).contains(&nanos) {
-        let text = format!("{cost:.9}");
-        let text = text.trim_end_matches('0');
-        return text.strip_suffix('.').unwrap_or(text).to_owned();
-    }
-    let nanos = nanos as u64;
-    let (whole, frac) = (nanos / 1_000_000_000, nanos % 1_000_000_000);
-    if frac == 0 {
-        return whole.to_string();
-    }
-    let frac = format!("{frac:09}");
-    format!("{whole}.{}", frac.trim_end_matches('0'))
-}
-
 /// The client went away (or its connection broke): the request ends here.
 fn gone_failure(ctx: &mut RequestCtx, e: Box<Error>) -> Failure {
     ctx.record.outcome = Outcome::ClientAbort;
     Failure::Abort(e)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::format_usd;
-
-    #[test]
-    fn usd_is_exact_to_the_nano_dollar() {
-        assert_eq!(format_usd(0.000_123_4), "0.0001234");
-        assert_eq!(format_usd(2.0), "2");
-        assert_eq!(format_usd(0.0), "0");
-        assert_eq!(format_usd(1.25), "1.25");
-        assert_eq!(format_usd(0.000_000_001), "0.000000001");
-        assert_eq!(format_usd(12.000_000_5), "12.0000005");
-        assert_eq!(format_usd(f64::NAN), "NaN");
-    }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::load::{self, blocking_request, LoadSpec, Mode};
 use crate::procs::{clock_ticks, free_port, local, tree_cpu_ticks, Pinning, ScratchDir};
-use crate::report::{self, Cell, Results, Row, ScenarioResult, Verdict};
+use crate::report::{self, Cell, Options, Results, Row, ScenarioResult, Verdict};
 use crate::stats::{cdf_points, Quantile, Recorder, RunReport};
 use crate::targets::{
     Env, Floor, Nginx, NginxConf, Policy, PolicyArm, PolicyBackend, Sim, SimTiming, Switchyard,
@@ -28,17 +28,6 @@ mod prefix;
 mod shadow;
 mod streaming;
 mod swap;
-
-/// What the command line asked for.
-pub struct Options {
-    pub smoke: bool,
-    pub switchyard: Option<PathBuf>,
-    pub nginx: Option<PathBuf>,
-    pub pin: bool,
-    pub out_dir: PathBuf,
-    pub markdown: PathBuf,
-    pub only: Vec<u8>,
-}
 
 /// Sizes and lengths of every scenario; the smoke profile shrinks them all.
 struct Params {
