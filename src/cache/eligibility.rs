@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use super::key::Sampling;
 use crate::config::policy::{CacheRequests, RouteCacheSpec};
@@ -13,7 +13,7 @@ use crate::routing::Endpoint;
 
 /// The header a client sets to ask for a shorter or longer lifetime (seconds), up to the
 /// route's `max_ttl_s`.
-pub const TTL_HEADER: &str = "x-switchyard-cache-ttl";
+pub const TTL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-cache-ttl");
 
 /// What the client asked for with `cache-control` and [`TTL_HEADER`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -143,10 +143,10 @@ mod tests {
         }
     }
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> ClientControl {
+    fn headers(pairs: &[(HeaderName, &'static str)]) -> ClientControl {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(*k, http::HeaderValue::from_static(v));
+            h.append(k, http::HeaderValue::from_static(v));
         }
         ClientControl::from_headers(&h)
     }
@@ -190,7 +190,7 @@ mod tests {
                 &s,
                 chat,
                 &greedy,
-                &headers(&[("cache-control", "No-Cache")])
+                &headers(&[(http::header::CACHE_CONTROL, "No-Cache")])
             ),
             Verdict::Use {
                 lookup: false,
@@ -203,7 +203,7 @@ mod tests {
                 &s,
                 chat,
                 &greedy,
-                &headers(&[("cache-control", "max-age=0, no-store")])
+                &headers(&[(http::header::CACHE_CONTROL, "max-age=0, no-store")])
             ),
             Verdict::Bypass(BypassReason::NoStore)
         );

@@ -4,7 +4,11 @@
 
 use std::fmt;
 
+use http::HeaderName;
 use sha2::{Digest, Sha256};
+
+/// Where a client may put its key when it does not use `Authorization: Bearer`.
+pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
 /// SHA-256 of a client credential, shown as 64 lower-case hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,7 +26,7 @@ impl ApiKeyHash {
                     _ => v.trim_ascii(),
                 }
             }
-            None => headers.get("x-api-key")?.as_bytes().trim_ascii(),
+            None => headers.get(API_KEY_HEADER)?.as_bytes().trim_ascii(),
         };
         (!raw.is_empty()).then(|| ApiKeyHash::of(raw))
     }

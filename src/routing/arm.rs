@@ -65,7 +65,7 @@ impl StickyKey {
             StickyKey::BodyUser => facts.user.as_deref().map(str::as_bytes),
             StickyKey::ApiKey => headers
                 .get(http::header::AUTHORIZATION)
-                .or_else(|| headers.get("x-api-key"))
+                .or_else(|| headers.get(super::api_key::API_KEY_HEADER))
                 .map(|v| v.as_bytes()),
         }
         .filter(|v| !v.is_empty())

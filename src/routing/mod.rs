@@ -67,7 +67,7 @@ impl Draws {
 }
 
 /// The header a QA client sets to force an arm on routes with `allow_arm_override`.
-pub const ARM_OVERRIDE_HEADER: &str = "x-switchyard-arm";
+pub const ARM_OVERRIDE_HEADER: http::HeaderName = http::HeaderName::from_static("x-switchyard-arm");
 
 /// The arm chosen for a request, and whether a copy goes to the route's shadow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

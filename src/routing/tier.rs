@@ -9,7 +9,7 @@ use super::{ApiKeyHash, RequestFacts};
 
 /// A request header the tier header (`x-switchyard-tier`) names, when a route lets clients
 /// choose their tier.
-pub const TIER_HEADER: &str = "x-switchyard-tier";
+pub const TIER_HEADER: http::HeaderName = http::HeaderName::from_static("x-switchyard-tier");
 
 /// Conditions of one tier rule; every one given must hold. A rule with none always matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
