@@ -54,6 +54,19 @@ async fn post_with(
     request(c, "POST", url, &all, body.to_string()).await
 }
 
+/// Applies the running policy with `from` replaced by `to`, as an admin push would.
+fn swap(gw: &RunningGateway, from: &str, to: &str) {
+    let source = gw.store.current().source.clone();
+    assert!(source.contains(from), "the policy has {from:?}");
+    gw.store
+        .apply(
+            &source.replace(from, to),
+            switchyard::config::PolicySource::Api,
+            "test swap",
+        )
+        .expect("valid swap");
+}
+
 async fn admin_json(c: &HttpClient, gw: &RunningGateway) -> serde_json::Value {
     request(
         c,
@@ -100,14 +113,7 @@ async fn a_repeated_deterministic_request_is_answered_from_cache_byte_for_byte()
 
     // The entry keeps the headers that depend on it alone; what the policy says is read at
     // each hit: a swap that gives the backend a tier shows on the next hit of the same entry.
-    let tiered = gw
-        .store
-        .current()
-        .source
-        .replace("name = \"a\"\n", "name = \"a\"\ntier = \"small\"\n");
-    gw.store
-        .apply(&tiered, switchyard::config::PolicySource::Api, "a tier")
-        .expect("valid swap");
+    swap(&gw, "name = \"a\"\n", "name = \"a\"\ntier = \"small\"\n");
     let third = post_json(&c, &chat_url(&gw), &greedy("hello")).await;
     assert_eq!(third.header("x-switchyard-cache"), "hit");
     assert_eq!(s.requests_served(), 1);
@@ -358,14 +364,7 @@ async fn a_policy_swap_to_another_model_stops_hits_from_the_old_one() {
             .header("x-switchyard-cache"),
         "hit"
     );
-    let swapped = gw
-        .store
-        .current()
-        .source
-        .replace("model = \"m\"", "model = \"m-v2\"");
-    gw.store
-        .apply(&swapped, switchyard::config::PolicySource::Api, "new model")
-        .expect("valid swap");
+    swap(&gw, "model = \"m\"", "model = \"m-v2\"");
     let r = post_json(&c, &url, &greedy("q")).await;
     assert_eq!(
         r.header("x-switchyard-cache"),
