@@ -2,6 +2,9 @@
 //! the usage figures, and — for mirrored requests — the generated text, all bounded.
 
 use super::sse::{SseScanner, Usage, WireUsage};
+use memchr::memmem;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Most of a plain (JSON) answer kept to read its usage; a larger answer is relayed without
 /// its figures (its usage is then estimated).
@@ -99,36 +102,82 @@ impl ResponseCapture {
 }
 
 fn parse_json_answer(body: &[u8], keep_text: bool) -> Captured {
+    // Most answers are read for their usage alone: parsing the whole body for it cost several
+    // thousand instructions per request. The whole body is parsed only when its text is wanted
+    // or it may carry a content filter's finish reason.
+    if !keep_text && memmem::find(body, b"\"content_filter\"").is_none() {
+        return Captured {
+            usage: usage_member(body),
+            ..Captured::default()
+        };
+    }
+    parse_whole_answer(body, keep_text)
+}
+
+/// The answer's top-level `usage`, read without parsing the rest. A quote inside a JSON string
+/// is always escaped, so the bytes `"usage"` followed by a colon are a key; vLLM and OpenAI put
+/// the top-level one after the choices, so the last such key is taken and its value parsed.
+fn usage_member(body: &[u8]) -> Option<Usage> {
+    let mut end = body.len();
+    while let Some(at) = memmem::rfind(&body[..end], b"\"usage\"") {
+        if let Some(value) = body[at + 7..].trim_ascii_start().strip_prefix(b":") {
+            let mut value = serde_json::Deserializer::from_slice(value);
+            return Option::<WireUsage>::deserialize(&mut value)
+                .ok()
+                .flatten()
+                .map(Usage::from);
+        }
+        end = at;
+    }
+    None
+}
+
+fn parse_whole_answer(body: &[u8], keep_text: bool) -> Captured {
+    // The choices' strings are kept as raw JSON slices of `body` (no allocation, no unescaping)
+    // and only the wanted text is decoded.
     #[derive(serde::Deserialize)]
-    struct Answer {
-        #[serde(default)]
-        choices: Vec<Choice>,
+    struct Answer<'a> {
+        #[serde(default, borrow)]
+        choices: Vec<Choice<'a>>,
         usage: Option<WireUsage>,
     }
     #[derive(serde::Deserialize)]
-    struct Choice {
-        message: Option<Message>,
-        text: Option<String>,
-        finish_reason: Option<String>,
+    struct Choice<'a> {
+        #[serde(borrow)]
+        message: Option<Message<'a>>,
+        #[serde(borrow)]
+        text: Option<&'a RawValue>,
+        #[serde(borrow)]
+        finish_reason: Option<&'a RawValue>,
     }
     #[derive(serde::Deserialize)]
-    struct Message {
-        content: Option<String>,
+    struct Message<'a> {
+        #[serde(borrow)]
+        content: Option<&'a RawValue>,
+    }
+    /// A JSON string's text; `None` for `null` or anything else.
+    fn text(raw: &RawValue) -> Option<String> {
+        serde_json::from_str::<Option<String>>(raw.get())
+            .ok()
+            .flatten()
     }
     let Ok(answer) = serde_json::from_slice::<Answer>(body) else {
         return Captured::default();
     };
-    let content_filtered = answer
-        .choices
-        .iter()
-        .any(|c| c.finish_reason.as_deref() == Some("content_filter"));
+    let content_filtered = answer.choices.iter().any(|c| {
+        c.finish_reason
+            .is_some_and(|r| r.get() == "\"content_filter\"")
+    });
     Captured {
         content_filtered,
         text: if keep_text {
-            answer
-                .choices
-                .into_iter()
-                .find_map(|c| c.message.and_then(|m| m.content).or(c.text))
+            answer.choices.iter().find_map(|c| {
+                c.message
+                    .as_ref()
+                    .and_then(|m| m.content)
+                    .and_then(text)
+                    .or_else(|| c.text.and_then(text))
+            })
         } else {
             None
         },
@@ -162,6 +211,44 @@ mod tests {
         let got = c.finish();
         assert_eq!(got.text, None);
         assert_eq!(got.usage.map(|u| u.cached_tokens), Some(4));
+    }
+
+    #[test]
+    fn plain_answers_decode_escaped_text_and_see_a_content_filter() {
+        let mut c = ResponseCapture::new(false, true);
+        c.feed(br#"{"choices":[{"message":{"content":null},"text":"line\n\"two\" \u00e9","finish_reason":"content_filter"}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#);
+        let got = c.finish();
+        assert_eq!(got.text.as_deref(), Some("line\n\"two\" \u{e9}"));
+        assert!(got.content_filtered);
+        assert_eq!(got.usage.map(|u| u.completion_tokens), Some(2));
+
+        let mut c = ResponseCapture::new(false, false);
+        c.feed(br#"{"choices":[{"message":{"content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#);
+        let got = c.finish();
+        assert!(!got.content_filtered);
+        assert_eq!(got.usage.map(|u| u.prompt_tokens), Some(3));
+    }
+
+    #[test]
+    fn usage_is_the_top_level_key_not_a_word_in_the_text() {
+        let usage = |body: &[u8]| {
+            let mut c = ResponseCapture::new(false, false);
+            c.feed(body);
+            c.finish()
+                .usage
+                .map(|u| (u.prompt_tokens, u.completion_tokens))
+        };
+        // The text quotes the key, even with a colon after it; the real one follows.
+        assert_eq!(
+            usage(br#"{"choices":[{"message":{"content":"the \"usage\": field"}}], "usage" : {"prompt_tokens":7,"completion_tokens":3},"system_fingerprint":"x"}"#),
+            Some((7, 3))
+        );
+        assert_eq!(
+            usage(br#"{"choices":[{"message":{"content":"no \"usage\" here"}}]}"#),
+            None
+        );
+        assert_eq!(usage(br#"{"choices":[],"usage":null}"#), None);
+        assert_eq!(usage(br#"{"usage":{"prompt_tokens":"many"}}"#), None);
     }
 
     #[test]
