@@ -1,10 +1,11 @@
 //! Shared test support: free ports, policy text, a gateway + sims harness, an HTTP client.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a part of it")]
 
 pub mod redis;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,11 +15,30 @@ use hyper_util::rt::TokioExecutor;
 use switchyard::server::RunningGateway;
 use switchyard::sim::{SimArgs, SimServer};
 
+/// A port for a listener a test is about to start (the gateway's listeners are pingora's, which
+/// bind the address they are given, so a test cannot let them pick one and ask).
+///
+/// Binding port 0 and releasing it races: the kernel may hand the same port to another test's
+/// port 0 or to an outgoing connection before the listener binds it. Ports here come from a
+/// counter below the kernel's ephemeral range, so no outgoing connection takes one and no two
+/// calls in this process get the same one; the counter starts at a place set by the process id
+/// (cargo runs test binaries one after the other), and a port is skipped when it is in use.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000, ephemeral_low.max(11_000));
+    let span = high - low;
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let port = (low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {high} on 127.0.0.1");
 }
 
 /// A sim with the given model names and tweaks.

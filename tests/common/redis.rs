@@ -24,9 +24,8 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     ///
-    /// The port is found by binding 127.0.0.1:0 and releasing it, which races with anyone else
-    /// taking the same port in between; when the server cannot bind, it exits at once and the
-    /// start is retried on another port.
+    /// The port comes from [`super::free_port`]; should something else bind it first, the
+    /// server exits at once and the start is retried on another port.
     pub fn start() -> RedisServer {
         let dir = tempfile::tempdir().expect("a temp dir for redis-server");
         let mut last_error = String::new();
