@@ -52,7 +52,7 @@ pub fn plan(
     body: SeenBody<'_>,
     memo: &SlotMemo<Remembered>,
 ) -> Plan {
-    let (endpoint, model) = (facts.endpoint, facts.model.as_str());
+    let endpoint = facts.endpoint;
     let route_spec = &snapshot.policy.routes[route];
     let Some(spec) = &route_spec.cache else {
         return Plan::Off;
@@ -100,31 +100,19 @@ pub fn plan(
     let key = match known_key {
         Some(key) => key,
         None => {
-            let keyed = match parsed {
-                Some(keyed) => keyed,
-                None => match KeyedBody::parse(body.bytes) {
-                    Ok(keyed) => keyed,
-                    Err(_) => return Plan::Bypass(BypassReason::Unreadable),
-                },
+            let keyed = match parsed.map_or_else(|| KeyedBody::parse(body.bytes), Ok) {
+                Ok(keyed) => keyed,
+                Err(_) => return Plan::Bypass(BypassReason::Unreadable),
             };
-            let arm_spec = &route_spec.arms.arms()[arm];
-            let upstream_models: Vec<&str> = arm_spec
-                .backends
-                .iter()
-                .map(|&b| {
-                    snapshot.policy.backends[b]
-                        .upstream_model
-                        .as_deref()
-                        .unwrap_or(model)
-                })
-                .collect();
-            let answerer = Answerer {
-                route: &route_spec.name,
-                arm: &arm_spec.name,
-                upstream_models: &upstream_models,
-            };
-            let scope = tenant.map_or(KeyScope::Global, KeyScope::Tenant);
-            let key = keyed.key(endpoint, &answerer, scope, &spec.ignore_fields);
+            let key = key_of(
+                &keyed,
+                snapshot,
+                route,
+                arm,
+                facts,
+                tenant,
+                &spec.ignore_fields,
+            );
             memo.put(
                 digest,
                 Remembered {
@@ -143,4 +131,37 @@ pub fn plan(
         include_usage: sampling.include_usage,
         max_entry_bytes: spec.max_entry_bytes,
     }
+}
+
+/// The key of `keyed` on `route`'s `arm` for `tenant`: what would answer it (the arm and its
+/// backends' upstream model names) and everything in the body that can change the answer,
+/// less the route's `ignore` fields.
+fn key_of(
+    keyed: &KeyedBody,
+    snapshot: &PolicySnapshot,
+    route: usize,
+    arm: usize,
+    facts: &RequestFacts,
+    tenant: Option<ApiKeyHash>,
+    ignore: &[String],
+) -> CacheKey {
+    let route_spec = &snapshot.policy.routes[route];
+    let arm_spec = &route_spec.arms.arms()[arm];
+    let upstream_models: Vec<&str> = arm_spec
+        .backends
+        .iter()
+        .map(|&b| {
+            snapshot.policy.backends[b]
+                .upstream_model
+                .as_deref()
+                .unwrap_or(&facts.model)
+        })
+        .collect();
+    let answerer = Answerer {
+        route: &route_spec.name,
+        arm: &arm_spec.name,
+        upstream_models: &upstream_models,
+    };
+    let scope = tenant.map_or(KeyScope::Global, KeyScope::Tenant);
+    keyed.key(facts.endpoint, &answerer, scope, ignore)
 }
