@@ -9,9 +9,10 @@
 # scenario 10, and prints the user-space instructions per request: all of them, and apart from
 # memcpy, which callgrind counts per byte for `rep movsb` and so overweights against its time.
 # `hit`: the route caches every request (each measured one is a hit); `proxy`: no cache.
-# `floor-proxy` / `floor-answer`: the bare pingora proxy of `switchyard-bench floor` (found
-# beside BINARY) in place of the gateway, proxying to the sim or answering by itself: the least
-# a request costs on pingora, to set `proxy` and `hit` against.
+# `floor-proxy` / `floor-answer`: the pingora floor of `switchyard-bench floor` (found beside
+# BINARY) in place of the gateway: a bare `ProxyHttp` proxying to the sim, or pingora's HTTP/1
+# session answering by itself: the least a request costs on pingora, to set `proxy` and `hit`
+# against.
 set -euo pipefail
 bin=$(realpath "$1"); mode=$2; n=${3:-1000}
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT

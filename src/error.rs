@@ -33,6 +33,10 @@ pub enum GatewayError {
     UpstreamFailed(String),
     #[error("{0}")]
     HeadersTooLarge(String),
+    #[error("The request head could not be parsed: {0}")]
+    MalformedHead(String),
+    #[error("The gateway failed to answer: {0}")]
+    Internal(String),
     #[error(
         "The gateway is at its connection limit ({limit}); try again in {retry_after} seconds."
     )]
@@ -56,6 +60,7 @@ impl GatewayError {
             GatewayError::InvalidJson(_)
             | GatewayError::MissingModel
             | GatewayError::BodyRead(_)
+            | GatewayError::MalformedHead(_)
             | GatewayError::UnknownArm { .. } => 400,
             GatewayError::UnknownModel(_) | GatewayError::UnknownPath { .. } => 404,
             GatewayError::MethodNotAllowed { .. } => 405,
@@ -63,6 +68,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::HeadersTooLarge(_) => 431,
             GatewayError::BudgetExceeded { .. } | GatewayError::RateLimited { .. } => 429,
+            GatewayError::Internal(_) => 500,
             GatewayError::UpstreamFailed(_) => 502,
             GatewayError::BackendsUnavailable { .. }
             | GatewayError::BackendsSaturated { .. }
@@ -89,6 +95,8 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamFailed(_) => "upstream_error",
             GatewayError::HeadersTooLarge(_) => "request_header_fields_too_large",
+            GatewayError::MalformedHead(_) => "invalid_request_head",
+            GatewayError::Internal(_) => "internal_error",
             GatewayError::BudgetExceeded { .. } => "insufficient_quota",
             GatewayError::RateLimited { .. } => "rate_limit_exceeded",
         }
@@ -103,6 +111,7 @@ impl GatewayError {
                 | GatewayError::BodyTimeout(_)
                 | GatewayError::BodyTooLarge { .. }
                 | GatewayError::HeadersTooLarge(_)
+                | GatewayError::MalformedHead(_)
         )
     }
 

@@ -57,10 +57,13 @@ pub fn build(
             "the descriptor limit holds fewer proxy connections than server.max_connections"
         );
     }
-    let gateway = pingora::proxy::http_proxy(&server.configuration, Gateway::new(store.clone()));
     let mut proxy = Service::new(
         "switchyard proxy".to_owned(),
-        HardenedListener::new(gateway, store.clone(), Role::Proxy { fd_cap }),
+        HardenedListener::new(
+            Gateway::new(store.clone()),
+            store.clone(),
+            Role::Proxy { fd_cap },
+        ),
     );
     proxy.add_tcp(&settings.listen.to_string());
 

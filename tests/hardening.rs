@@ -251,6 +251,44 @@ async fn a_framing_error_closes_the_connection() {
     assert_eq!(sim.requests_served(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_head_or_a_tunnel_gets_an_openai_error_and_the_connection_closes() {
+    let (sim, gw) = gateway_with_sim("").await;
+    let addr = gw.proxy_addr;
+    let cases = [
+        (
+            "a header line without a colon",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nno colon here\r\n\r\n",
+            "HTTP/1.1 400",
+            "invalid_request_head",
+        ),
+        (
+            "CONNECT",
+            "CONNECT backend.internal:443 HTTP/1.1\r\nHost: backend.internal:443\r\n\r\n",
+            "HTTP/1.1 405",
+            "method_not_allowed",
+        ),
+    ];
+    for (what, head, status, code) in cases {
+        let reply = tokio::task::spawn_blocking(move || {
+            let mut s = connect(addr);
+            s.write_all(head.as_bytes()).unwrap();
+            // A request after it on the same connection must not be served.
+            let _ = s.write_all(chat_request("").as_bytes());
+            read_to_close(&mut s)
+        })
+        .await
+        .unwrap();
+        assert!(reply.starts_with(status), "{what}: {reply}");
+        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{what}: {reply}");
+        let body: serde_json::Value =
+            serde_json::from_str(&reply[reply.find("\r\n\r\n").unwrap() + 4..])
+                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {reply}"));
+        assert_eq!(body["error"]["code"], code, "{what}: {body}");
+    }
+    assert_eq!(sim.requests_served(), 0);
+}
+
 /// Connects and sends half a head; the answer if one (a refusal) arrives within `within`
 /// (then the peer closed), else the still open socket, which holds a place like a slow client.
 fn half_head_client(addr: SocketAddr, within: Duration) -> Result<(Duration, String), TcpStream> {

@@ -134,8 +134,8 @@ enum Cmd {
         #[arg(long, default_value = "as built")]
         label: String,
     },
-    /// The pingora floor: a bare `ProxyHttp` on one thread that proxies to UPSTREAM, or with
-    /// `--answer` writes a fixed answer itself; serves until killed.
+    /// The pingora floor on one thread: a bare `ProxyHttp` that proxies to UPSTREAM, or with
+    /// `--answer` pingora's HTTP/1 session writing a fixed answer itself; serves until killed.
     Floor {
         #[arg(long)]
         listen: SocketAddr,

@@ -410,7 +410,8 @@ impl Switchyard {
 }
 
 /// A running pingora floor (`switchyard-bench floor`): a bare `ProxyHttp` in front of `upstream`,
-/// or answering by itself when `upstream` is `None`: the least a request costs on pingora.
+/// or pingora's HTTP/1 session answering by itself when `upstream` is `None`: the least a
+/// request costs on pingora.
 pub struct Floor {
     pub addr: SocketAddr,
     pub proc: Proc,

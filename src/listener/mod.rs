@@ -7,7 +7,7 @@
 //! process's file descriptors. [`HardenedListener`] runs each connection's HTTP/1 loop itself
 //! (the same loop pingora's own `ServerApp` runs) and races every request against the head
 //! deadline; the application reports that the head is complete by calling [`head_received`]
-//! from its first hook, after which the request runs to its end undisturbed.
+//! once the head is parsed, after which the request runs to its end undisturbed.
 
 mod head;
 mod limit;
@@ -34,7 +34,7 @@ tokio::task_local! {
 
 /// Tells the listener that the current request's head has been read completely, so the head
 /// deadline no longer applies. Call it from the first code that runs after pingora parsed the
-/// head (the proxy's `early_request_filter`, the admin's handler); outside a listener it does
+/// head (the proxy's `Gateway`, the admin's handler); outside a listener it does
 /// nothing.
 pub fn head_received() {
     let _ = HEAD_SEEN.try_with(|seen| seen.store(true, Ordering::Release));

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::ServerSession;
-use pingora::proxy::Session;
 
 use crate::error::GatewayError;
 
@@ -29,7 +28,7 @@ pub async fn answer_expect_continue(session: &mut ServerSession) -> pingora::Res
 
 /// Reads the body, refusing it as soon as it is known to exceed `limit` bytes (from the
 /// `Content-Length` header before reading anything, or while reading a chunked body).
-pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+pub async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, GatewayError> {
     let declared = session
         .req_header()
         .headers
@@ -65,8 +64,8 @@ pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gat
 
 /// Resolves when the client closes its connection (the request body is already read, so
 /// anything else on the socket is the client's going away). Never resolves otherwise.
-pub(super) async fn client_gone(session: &mut Session) -> Box<pingora::Error> {
-    match session.downstream_session.read_body_or_idle(true).await {
+pub(super) async fn client_gone(session: &mut ServerSession) -> Box<pingora::Error> {
+    match session.read_body_or_idle(true).await {
         Err(e) => e,
         Ok(_) => std::future::pending().await,
     }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::HeaderMap;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 
 use super::ctx::RequestCtx;
 use super::fill::Fill;
@@ -69,7 +69,7 @@ pub(super) enum Step {
 /// Runs the cache's part before the exchange for a request planned as `plan`.
 pub(super) async fn before_upstream(
     cache: &Arc<ResponseCache>,
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut RequestCtx,
     snapshot: &PolicySnapshot,
     route: usize,
@@ -170,7 +170,7 @@ fn saved(answer: &CachedAnswer, charge: bool) -> f64 {
 /// Answers from `answer`: a plain body byte for byte with its content type, a stream event by
 /// event. The record says "cache hit"; the cost is 0 unless the route charges hits.
 async fn write_hit(
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut RequestCtx,
     snapshot: &PolicySnapshot,
     answer: &CachedAnswer,
@@ -208,23 +208,23 @@ async fn write_hit(
         ctx.record.outcome = Outcome::ClientAbort;
         Failure::Abort(e)
     };
-    if let Err(e) = session.write_response_header(down, false).await {
+    if let Err(e) = session.write_response_header(down).await {
         return Err(gone(ctx, e));
     }
     match &answer.body {
         AnswerBody::Plain { bytes, .. } => {
-            if let Err(e) = session.write_response_body(Some(bytes.clone()), true).await {
+            if let Err(e) = session.write_response_body(bytes.clone(), true).await {
                 return Err(gone(ctx, e));
             }
         }
         AnswerBody::Stream { .. } => {
             let events: Vec<Bytes> = answer.replay_events(include_usage).cloned().collect();
             for event in events {
-                if let Err(e) = session.write_response_body(Some(event), false).await {
+                if let Err(e) = session.write_response_body(event, false).await {
                     return Err(gone(ctx, e));
                 }
             }
-            if let Err(e) = session.write_response_body(None, true).await {
+            if let Err(e) = session.write_response_body(Bytes::new(), true).await {
                 return Err(gone(ctx, e));
             }
         }

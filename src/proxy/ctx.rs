@@ -1,4 +1,4 @@
-//! Per-request state shared by the hooks: the pinned snapshot, the request's record, and the
+//! Per-request state shared by the steps of one request: the pinned snapshot, the request's record, and the
 //! handles that must live exactly as long as the request.
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use crate::telemetry::RequestRecord;
 pub struct RequestCtx {
     /// Pinned once at the start; the request sees this version to its end.
     pub snapshot: Option<Arc<PolicySnapshot>>,
-    /// What happened, filled in as the request goes; handed to every consumer in `logging`.
+    /// What happened, filled in as the request goes; handed to every consumer when the request ends.
     pub record: RequestRecord,
     /// The serving backend's in-flight count, held until the answer is relayed.
     pub(super) in_flight: Option<InFlightGuard>,

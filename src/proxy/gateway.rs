@@ -1,17 +1,21 @@
-//! `Gateway`: the `ProxyHttp` implementation. Each hook only delegates.
+//! `Gateway`: the proxy listener's HTTP application. One call per request: read the head,
+//! serve the request, answer its error if it failed, hand its record on, and give the
+//! connection back for the next request.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::{Error, ErrorSource, ErrorType};
 use rand::Rng;
+use tokio::sync::Notify;
 
 use super::body::{client_gone, read_body};
 use super::cache;
@@ -25,6 +29,7 @@ use crate::listener::{check_head, head_bytes};
 use crate::routing::tier::start_tier;
 use crate::routing::{candidates, choose_arm, match_route, plan_for, Draws, Endpoint, BUCKETS};
 use crate::shadow::ShadowJob;
+use crate::telemetry::log_limit::CLIENT_ERRORS;
 use crate::telemetry::Outcome;
 use crate::upstream::{upstream_base, UpstreamPool};
 
@@ -32,6 +37,9 @@ pub struct Gateway {
     store: Arc<PolicyStore>,
     connector: UpstreamPool,
     rotation: AtomicUsize,
+    /// Set, and `stop` notified, when the service stops.
+    stopping: AtomicBool,
+    stop: Notify,
 }
 
 impl Gateway {
@@ -40,12 +48,18 @@ impl Gateway {
             store,
             connector: UpstreamPool::new(),
             rotation: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
         }
     }
 
     /// Serves one request to its end. `Err(Respond)` means nothing was written yet and the
     /// caller must answer with the error.
-    async fn serve(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Failure> {
+    async fn serve(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Failure> {
         let snapshot = self.store.current();
         ctx.snapshot = Some(snapshot.clone());
         let req = session.req_header();
@@ -234,7 +248,7 @@ async fn first_of<L, R>(
     }
 }
 
-fn method_not_allowed(session: &Session) -> GatewayError {
+fn method_not_allowed(session: &ServerSession) -> GatewayError {
     let req = session.req_header();
     GatewayError::MethodNotAllowed {
         method: req.method.to_string(),
@@ -249,16 +263,16 @@ fn models_body<'a>(models: impl Iterator<Item = &'a str>) -> Bytes {
     Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
 }
 
-async fn write_json(session: &mut Session, status: u16, body: Bytes) -> pingora::Result<()> {
+async fn write_json(session: &mut ServerSession, status: u16, body: Bytes) -> pingora::Result<()> {
     let mut resp = ResponseHeader::build_no_case(status, Some(3))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_header(Box::new(resp)).await?;
+    session.write_response_body(body, true).await
 }
 
 /// The gateway's own error answer, with `Retry-After` for refusals that end with a window.
-async fn write_error(session: &mut Session, e: &GatewayError) -> pingora::Result<()> {
+async fn write_error(session: &mut ServerSession, e: &GatewayError) -> pingora::Result<()> {
     let body = e.body();
     let mut resp = ResponseHeader::build_no_case(e.status(), Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
@@ -266,75 +280,134 @@ async fn write_error(session: &mut Session, e: &GatewayError) -> pingora::Result
     if let Some(secs) = e.retry_after() {
         resp.insert_header(header::RETRY_AFTER, secs.to_string())?;
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_header(Box::new(resp)).await?;
+    session.write_response_body(body, true).await
 }
 
 #[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
-    }
-
-    /// Called by pingora first, right after the request head is parsed: from here on the
-    /// listener's head deadline no longer applies to this request.
-    async fn early_request_filter(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> pingora::Result<()> {
-        crate::listener::head_received();
-        Ok(())
-    }
-
-    /// Called once the request header is read. The whole exchange happens here (see the
-    /// module docs of `proxy`); returning `Ok(true)` tells pingora the response is written.
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<bool> {
-        match self.serve(session, ctx).await {
-            Ok(()) => Ok(true),
-            Err(Failure::Respond(e)) => {
-                ctx.record.status = e.status();
-                ctx.record.error_code = Some(e.code());
-                // Failures after routing already set their outcome (timeout, connect error, …);
-                // before it, the gateway refused the request itself.
-                if ctx.record.attempts.is_empty() {
-                    ctx.record.outcome = Outcome::Rejected;
-                }
-                // An unread body would be taken for the next request, and after a framing error
-                // (bad chunk, oversized head) the rest of the stream cannot be trusted: close.
-                if e.closes_connection() || !session.is_body_done() {
+impl HttpServerApp for Gateway {
+    /// One request of a downstream HTTP/1 connection: its head, the whole answer, its record,
+    /// and the connection back for the next request when it can be reused.
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let head = tokio::select! {
+            // Biased: a request already buffered is served, not dropped, when shutdown begins.
+            biased;
+            head = session.read_request() => head,
+            () = self.shutting_down() => return None,
+        };
+        match head {
+            Ok(true) => {}
+            // The client closed the connection between requests.
+            Ok(false) => return None,
+            Err(mut e) => {
+                e.as_down();
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let e = GatewayError::MalformedHead(e.to_string());
                     session.set_keepalive(None);
+                    let _ = write_error(&mut session, &e).await;
+                } else {
+                    // Rate-limited with pingora's own connection errors (`log_limit`).
+                    tracing::warn!(
+                        target: CLIENT_ERRORS,
+                        "client connection failed before its request head was read: {e}"
+                    );
                 }
-                write_error(session, &e).await?;
-                Ok(true)
+                session.shutdown().await;
+                return None;
             }
-            Err(Failure::Abort(e)) => Err(e),
+        }
+        // From here on the listener's head deadline no longer applies to this request.
+        crate::listener::head_received();
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx::new();
+        let outcome = if session.req_header().method == Method::CONNECT {
+            // A tunnel's framing is not a request's: refused, and the connection closed.
+            session.set_keepalive(None);
+            Err(Failure::Respond(method_not_allowed(&session)))
+        } else {
+            self.serve(&mut session, &mut ctx).await
+        };
+        let reusable = match outcome {
+            Ok(()) => true,
+            Err(Failure::Respond(e)) => self.refuse(&mut session, &mut ctx, &e).await,
+            Err(Failure::Abort(e)) => {
+                self.abort(&mut session, &e).await;
+                false
+            }
+        };
+        ctx.in_flight.take();
+        ctx.record.latency = ctx.record.started.elapsed();
+        observe::request_ended(&mut ctx, self.store.metrics(), self.store.spend());
+        if !reusable {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let reused = session.finish().await.ok().flatten()?;
+        Some(ReusedHttpStream::from_reusable_stream(reused, settings))
+    }
+
+    /// Called once the service stops: requests waiting for their head on idle keep-alive
+    /// connections give up.
+    async fn http_cleanup(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+    }
+}
+
+impl Gateway {
+    /// Resolves once the service is stopping.
+    async fn shutting_down(&self) {
+        let stop = self.stop.notified();
+        if !self.stopping.load(Ordering::Acquire) {
+            stop.await;
         }
     }
 
-    /// Never reached: `request_filter` answers every request.
-    async fn upstream_peer(
+    /// Answers with `e` (nothing was written yet); true when the connection may serve another
+    /// request.
+    async fn refuse(
         &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        Error::e_explain(
-            ErrorType::InternalError,
-            "every request is answered in request_filter",
-        )
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        e: &GatewayError,
+    ) -> bool {
+        ctx.record.status = e.status();
+        ctx.record.error_code = Some(e.code());
+        // Failures after routing already set their outcome (timeout, connect error, …); before
+        // it, the gateway refused the request itself.
+        if ctx.record.attempts.is_empty() {
+            ctx.record.outcome = Outcome::Rejected;
+        }
+        // An unread body would be taken for the next request, and after a framing error (bad
+        // chunk, oversized head) the rest of the stream cannot be trusted: close.
+        if e.closes_connection() || !session.is_body_done() {
+            session.set_keepalive(None);
+        }
+        write_error(session, e).await.is_ok()
     }
 
-    /// Called when the request is over, whatever happened: completes the record and hands it
-    /// to every consumer, once.
-    async fn logging(&self, _session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
-        ctx.in_flight.take();
-        ctx.record.latency = ctx.record.started.elapsed();
-        observe::request_ended(ctx, self.store.metrics(), self.store.spend());
+    /// The request ended without its answer: a client that left gets nothing; one still there
+    /// that has no answer yet gets a 500. The connection is closed either way.
+    async fn abort(&self, session: &mut ServerSession, e: &Error) {
+        let client_gone = matches!(e.esource(), ErrorSource::Downstream)
+            && matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+            );
+        if client_gone {
+            tracing::debug!(error = %e, "client left before its answer was complete");
+            return;
+        }
+        tracing::warn!(error = %e, "request aborted");
+        if session.response_written().is_none() {
+            session.set_keepalive(None);
+            let _ = write_error(session, &GatewayError::Internal(e.to_string())).await;
+        }
     }
 }

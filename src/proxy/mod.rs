@@ -1,16 +1,16 @@
-//! The proxy listener: pingora's `ProxyHttp` hooks, kept thin.
+//! The proxy listener's HTTP application, on pingora's HTTP/1 server sessions.
 //!
-//! Every request is answered inside `request_filter`: the body is read once (bounded), parsed
+//! [`Gateway`] reads each request's head and answers it whole: the body is read once (bounded), parsed
 //! into [`RequestFacts`](crate::routing::RequestFacts), routed by the pure decision functions,
 //! and exchanged with the backends over pingora's pooled upstream connector in two phases: the
 //! pre-commit exchange (`exchange`: attempts and fallbacks, nothing sent to the client yet) and
-//! the committed relay (`relay`: bytes flow to the client, no retry). Doing the upstream leg
-//! here rather than in pingora's proxy loop is deliberate: pingora replays a body read before
-//! `upstream_peer` only from its 64 KiB retry buffer, and LLM prompts are routinely larger; it
-//! also keeps "retry only before the first byte reached the client" in one place.
+//! the committed relay (`relay`: bytes flow to the client, no retry). pingora's proxy loop
+//! (`ProxyHttp`) is not used: it replays a body read before `upstream_peer` only from its
+//! 64 KiB retry buffer, and LLM prompts are routinely larger; with the upstream leg our own,
+//! the loop's hooks and its per-request future were only cost.
 //!
 //! Whatever happens, the request's [`RequestRecord`](crate::telemetry::RequestRecord) is
-//! completed and handed once to every consumer in the `logging` hook.
+//! completed and handed once to every consumer when the request ends.
 
 pub(crate) mod body;
 mod cache;

@@ -8,9 +8,10 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 use pingora::time::fast_timeout::fast_timeout;
 use pingora::{Error, ErrorType};
 
@@ -26,7 +27,7 @@ use crate::upstream::{is_hop_header, release, Captured};
 
 /// Sends `committed` to the client and completes the request's record.
 pub(super) async fn relay(
-    session: &mut Session,
+    session: &mut ServerSession,
     ctx: &mut RequestCtx,
     x: &Exchange<'_>,
     committed: Committed,
@@ -82,7 +83,7 @@ pub(super) async fn relay(
         Some(http)
     };
     session
-        .write_response_header(down, false)
+        .write_response_header(down)
         .await
         .map_err(|e| gone_failure(ctx, e))?;
     for chunk in buffered {
@@ -90,7 +91,7 @@ pub(super) async fn relay(
             r.feed(&chunk);
         }
         session
-            .write_response_body(Some(chunk), false)
+            .write_response_body(chunk, false)
             .await
             .map_err(|e| gone_failure(ctx, e))?;
     }
@@ -127,7 +128,7 @@ pub(super) async fn relay(
                     if let Some(r) = recorder.as_mut() {
                         r.feed(&chunk);
                     }
-                    if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                    if let Err(e) = session.write_response_body(chunk, false).await {
                         // The upstream connection is dropped with `http`, not pooled, which
                         // also stops the backend generating for nobody.
                         ctx.record.ttft =
@@ -175,7 +176,7 @@ pub(super) async fn relay(
                 release(x.connector, http, &peer).await;
             }
             session
-                .write_response_body(None, true)
+                .write_response_body(Bytes::new(), true)
                 .await
                 .map_err(|e| gone_failure(ctx, e))?;
             if let Some((fill, recorder)) = fill {
@@ -196,7 +197,7 @@ pub(super) async fn relay(
             tracing::warn!(backend = %backend.name, code, "{message}");
             if is_sse {
                 session
-                    .write_response_body(Some(error_event(&message, code)), true)
+                    .write_response_body(error_event(&message, code), true)
                     .await
                     .map_err(|e| gone_failure(ctx, e))?;
                 Ok(())

@@ -1,7 +1,7 @@
 //! Rate-limited logging of per-connection errors.
 //!
-//! pingora logs an ERROR line for every client connection that breaks before or while its
-//! request is read ("Fail to proxy: Downstream …", "HTTP server fails to read from
+//! A line is written for every client connection that breaks before its request head is read
+//! (the gateway's own, target [`CLIENT_ERRORS`]; pingora's "HTTP server fails to read from
 //! downstream", …). One such line says something; twenty thousand of them during a flood of
 //! broken clients bury every other line and cost disk and CPU. [`ConnectionErrorFilter`] lets
 //! the first few of them through per interval and counts the rest; a summary line
@@ -105,11 +105,20 @@ impl LogLimiter {
     }
 }
 
-/// Whether a log line is one of pingora's per-connection errors: an ERROR or WARN from a
-/// `pingora*` module about the downstream side (the client's connection). Upstream and
+/// The target of the gateway's own lines about a client connection that broke.
+pub const CLIENT_ERRORS: &str = "switchyard::client";
+
+/// Whether a log line is a per-connection error: an ERROR or WARN under [`CLIENT_ERRORS`], or
+/// from a `pingora*` module about the downstream side (the client's connection). Upstream and
 /// internal errors are not rate-limited: they are about the gateway or its backends.
 pub fn is_connection_error(level: Level, target: &str, message: &str) -> bool {
-    if level > Level::WARN || !target.starts_with("pingora") {
+    if level > Level::WARN {
+        return false;
+    }
+    if target == CLIENT_ERRORS {
+        return true;
+    }
+    if !target.starts_with("pingora") {
         return false;
     }
     // Short messages: a case-insensitive search without allocating per event would need a
@@ -303,7 +312,12 @@ mod tests {
     }
 
     #[test]
-    fn only_pingoras_downstream_errors_are_connection_errors() {
+    fn the_gateways_client_errors_and_pingoras_downstream_errors_are_connection_errors() {
+        assert!(is_connection_error(
+            Level::WARN,
+            CLIENT_ERRORS,
+            "client connection failed before its request head was read: Downstream ConnectionClosed"
+        ));
         let proxy = "pingora_proxy";
         assert!(is_connection_error(
             Level::ERROR,

@@ -34,8 +34,8 @@ pub(super) fn cache_hits(ctx: &Ctx) -> Result<ScenarioResult> {
         switchyard,
     };
     let mut result = ScenarioResult::new("Response cache hits vs a zero-work upstream");
-    // A bare pingora ProxyHttp that answers every request itself: the least a hit can cost on
-    // pingora, measured beside the others.
+    // pingora's HTTP/1 session answering every request itself: the least a hit can cost on the
+    // sessions switchyard is built on, measured beside the others.
     let floor = Floor::start(&env, "s10", None);
     let targets = stack.targets_with(&floor);
 
@@ -118,7 +118,7 @@ pub(super) fn cache_hits(ctx: &Ctx) -> Result<ScenarioResult> {
         Err(e) => Cell::na(e),
     };
     result.rows.push(Row {
-        metric: "pingora floor, a bare ProxyHttp answering by itself (switchyard column): p50 / p99 µs at concurrency 1; throughput; ratio its p50 ÷ direct p50".into(),
+        metric: "pingora floor, pingora's HTTP/1 session answering by itself (switchyard column): p50 / p99 µs at concurrency 1; throughput; ratio its p50 ÷ direct p50".into(),
         cells: [
             Cell::na("not available: a proxy's row"),
             Cell::na("not available: a proxy's row"),
