@@ -53,6 +53,14 @@ impl Gateway {
         }
     }
 
+    /// Resolves once the service is stopping.
+    async fn shutting_down(&self) {
+        let stop = self.stop.notified();
+        if !self.stopping.load(Ordering::Acquire) {
+            stop.await;
+        }
+    }
+
     /// Serves one request to its end. `Err(Respond)` means nothing was written yet and the
     /// caller must answer with the error.
     async fn serve(
@@ -62,6 +70,11 @@ impl Gateway {
     ) -> Result<(), Failure> {
         let snapshot = self.store.current();
         ctx.snapshot = Some(snapshot.clone());
+        if session.req_header().method == Method::CONNECT {
+            // A tunnel's framing is not a request's: refused, and the connection closed.
+            session.set_keepalive(None);
+            return Err(method_not_allowed(session).into());
+        }
         let req = session.req_header();
         let limits = &snapshot.policy.server;
         check_head(
@@ -326,18 +339,11 @@ impl HttpServerApp for Gateway {
             session.set_keepalive(None);
         }
         let mut ctx = RequestCtx::new();
-        let outcome = if session.req_header().method == Method::CONNECT {
-            // A tunnel's framing is not a request's: refused, and the connection closed.
-            session.set_keepalive(None);
-            Err(Failure::Respond(method_not_allowed(&session)))
-        } else {
-            self.serve(&mut session, &mut ctx).await
-        };
-        let reusable = match outcome {
+        let reusable = match self.serve(&mut session, &mut ctx).await {
             Ok(()) => true,
-            Err(Failure::Respond(e)) => self.refuse(&mut session, &mut ctx, &e).await,
+            Err(Failure::Respond(e)) => refuse(&mut session, &mut ctx, &e).await,
             Err(Failure::Abort(e)) => {
-                self.abort(&mut session, &e).await;
+                abort(&mut session, &e).await;
                 false
             }
         };
@@ -360,54 +366,39 @@ impl HttpServerApp for Gateway {
     }
 }
 
-impl Gateway {
-    /// Resolves once the service is stopping.
-    async fn shutting_down(&self) {
-        let stop = self.stop.notified();
-        if !self.stopping.load(Ordering::Acquire) {
-            stop.await;
-        }
+/// Answers with `e` (nothing was written yet); true when the connection may serve another
+/// request.
+async fn refuse(session: &mut ServerSession, ctx: &mut RequestCtx, e: &GatewayError) -> bool {
+    ctx.record.status = e.status();
+    ctx.record.error_code = Some(e.code());
+    // Failures after routing already set their outcome (timeout, connect error, …); before
+    // it, the gateway refused the request itself.
+    if ctx.record.attempts.is_empty() {
+        ctx.record.outcome = Outcome::Rejected;
     }
-
-    /// Answers with `e` (nothing was written yet); true when the connection may serve another
-    /// request.
-    async fn refuse(
-        &self,
-        session: &mut ServerSession,
-        ctx: &mut RequestCtx,
-        e: &GatewayError,
-    ) -> bool {
-        ctx.record.status = e.status();
-        ctx.record.error_code = Some(e.code());
-        // Failures after routing already set their outcome (timeout, connect error, …); before
-        // it, the gateway refused the request itself.
-        if ctx.record.attempts.is_empty() {
-            ctx.record.outcome = Outcome::Rejected;
-        }
-        // An unread body would be taken for the next request, and after a framing error (bad
-        // chunk, oversized head) the rest of the stream cannot be trusted: close.
-        if e.closes_connection() || !session.is_body_done() {
-            session.set_keepalive(None);
-        }
-        write_error(session, e).await.is_ok()
+    // An unread body would be taken for the next request, and after a framing error (bad
+    // chunk, oversized head) the rest of the stream cannot be trusted: close.
+    if e.closes_connection() || !session.is_body_done() {
+        session.set_keepalive(None);
     }
+    write_error(session, e).await.is_ok()
+}
 
-    /// The request ended without its answer: a client that left gets nothing; one still there
-    /// that has no answer yet gets a 500. The connection is closed either way.
-    async fn abort(&self, session: &mut ServerSession, e: &Error) {
-        let client_gone = matches!(e.esource(), ErrorSource::Downstream)
-            && matches!(
-                e.etype(),
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
-            );
-        if client_gone {
-            tracing::debug!(error = %e, "client left before its answer was complete");
-            return;
-        }
-        tracing::warn!(error = %e, "request aborted");
-        if session.response_written().is_none() {
-            session.set_keepalive(None);
-            let _ = write_error(session, &GatewayError::Internal(e.to_string())).await;
-        }
+/// The request ended without its answer: a client that left gets nothing; one still there
+/// that has no answer yet gets a 500. The connection is closed either way.
+async fn abort(session: &mut ServerSession, e: &Error) {
+    let client_gone = matches!(e.esource(), ErrorSource::Downstream)
+        && matches!(
+            e.etype(),
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+        );
+    if client_gone {
+        tracing::debug!(error = %e, "client left before its answer was complete");
+        return;
+    }
+    tracing::warn!(error = %e, "request aborted");
+    if session.response_written().is_none() {
+        session.set_keepalive(None);
+        let _ = write_error(session, &GatewayError::Internal(e.to_string())).await;
     }
 }
