@@ -392,7 +392,7 @@ async fn cost_is_exact_for_plain_and_streaming_answers() {
         .expect("a usage chunk");
     let usage: serde_json::Value = serde_json::from_str(&usage_event).unwrap();
     expected_total += price(&usage["usage"]);
-    // The logging hook runs just after the last byte: give it a moment.
+    // The request is recorded just after its last byte: give it a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let m = metrics_text(&c, &gw).await;
     let total = metric(

@@ -339,7 +339,7 @@ async fn upstream_timeouts_and_errors() {
     let r = post_json(&c, &url, &chat("broken", "hi")).await;
     assert_eq!(r.status, 500);
     assert_eq!(r.header("x-switchyard-backend"), "broken");
-    // A request is counted in its logging hook, which runs just after the client has the
+    // A request is counted when it ends, which is just after the client has the
     // answer: wait (bounded) for the count rather than race it.
     let wanted = [
         "switchyard_request_errors_total{route=\"broken\",arm=\"a\"} 1",
