@@ -181,19 +181,7 @@ async fn too_many_or_too_large_headers_get_431_and_reach_no_backend() {
     let many: String = (0..60).map(|i| format!("X-H{i}: v\r\n")).collect();
     let big = format!("X-Big: {}\r\n", "a".repeat(100 * 1024));
     for (what, extra) in [("60 headers", many), ("a 100 KiB header", big)] {
-        let reply = tokio::task::spawn_blocking(move || {
-            let mut s = connect(addr);
-            s.write_all(chat_request(&extra).as_bytes()).unwrap();
-            // A second request on the same connection must not be served.
-            let _ = s.write_all(chat_request("").as_bytes());
-            read_to_close(&mut s)
-        })
-        .await
-        .unwrap();
-        assert!(reply.starts_with("HTTP/1.1 431"), "{what}: {reply}");
-        assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{what}: {reply}");
-        let body: serde_json::Value =
-            serde_json::from_str(&reply[reply.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        let body = one_refusal_then_closed(addr, chat_request(&extra), "HTTP/1.1 431", what).await;
         assert_eq!(
             body["error"]["code"], "request_header_fields_too_large",
             "{what}: {body}"
@@ -229,23 +217,7 @@ async fn a_framing_error_closes_the_connection() {
         ),
     ];
     for (what, request) in cases {
-        let reply = tokio::task::spawn_blocking(move || {
-            let mut s = connect(addr);
-            s.write_all(request.as_bytes()).unwrap();
-            let _ = s.write_all(chat_request("").as_bytes());
-            read_to_close(&mut s)
-        })
-        .await
-        .unwrap();
-        assert!(reply.starts_with("HTTP/1.1 400"), "{what}: {reply}");
-        assert_eq!(
-            reply.matches("HTTP/1.1 ").count(),
-            1,
-            "{what}: the request after the broken one must not be served: {reply}"
-        );
-        let body: serde_json::Value =
-            serde_json::from_str(&reply[reply.find("\r\n\r\n").unwrap() + 4..])
-                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {reply}"));
+        let body = one_refusal_then_closed(addr, request, "HTTP/1.1 400", what).await;
         assert!(body["error"]["code"].is_string(), "{what}: {body}");
     }
     assert_eq!(sim.requests_served(), 0);
@@ -270,23 +242,37 @@ async fn a_malformed_head_or_a_tunnel_gets_an_openai_error_and_the_connection_cl
         ),
     ];
     for (what, head, status, code) in cases {
-        let reply = tokio::task::spawn_blocking(move || {
-            let mut s = connect(addr);
-            s.write_all(head.as_bytes()).unwrap();
-            // A request after it on the same connection must not be served.
-            let _ = s.write_all(chat_request("").as_bytes());
-            read_to_close(&mut s)
-        })
-        .await
-        .unwrap();
-        assert!(reply.starts_with(status), "{what}: {reply}");
-        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{what}: {reply}");
-        let body: serde_json::Value =
-            serde_json::from_str(&reply[reply.find("\r\n\r\n").unwrap() + 4..])
-                .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {reply}"));
+        let body = one_refusal_then_closed(addr, head.to_owned(), status, what).await;
         assert_eq!(body["error"]["code"], code, "{what}: {body}");
     }
     assert_eq!(sim.requests_served(), 0);
+}
+
+/// Sends `request`, then a valid request on the same connection, and reads until the gateway
+/// closes it: the reply must be one answer alone (the second request is never served) with
+/// `status` and an OpenAI error body, which is returned.
+async fn one_refusal_then_closed(
+    addr: SocketAddr,
+    request: String,
+    status: &str,
+    what: &str,
+) -> serde_json::Value {
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut s = connect(addr);
+        s.write_all(request.as_bytes()).unwrap();
+        let _ = s.write_all(chat_request("").as_bytes());
+        read_to_close(&mut s)
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with(status), "{what}: {reply}");
+    assert_eq!(
+        reply.matches("HTTP/1.1 ").count(),
+        1,
+        "{what}: the request after the refused one must not be served: {reply}"
+    );
+    serde_json::from_str(&reply[reply.find("\r\n\r\n").unwrap() + 4..])
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {reply}"))
 }
 
 /// Connects and sends half a head; the answer if one (a refusal) arrives within `within`
