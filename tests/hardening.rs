@@ -244,6 +244,9 @@ async fn a_malformed_head_or_a_tunnel_gets_an_openai_error_and_the_connection_cl
     for (what, head, status, code) in cases {
         let body = one_refusal_then_closed(addr, head.to_owned(), status, what).await;
         assert_eq!(body["error"]["code"], code, "{what}: {body}");
+        // The message says why, without echoing the request back.
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(!message.contains("Host:"), "{what}: {message}");
     }
     assert_eq!(sim.requests_served(), 0);
 }

@@ -319,7 +319,12 @@ impl HttpServerApp for Gateway {
             Err(mut e) => {
                 e.as_down();
                 if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    let e = GatewayError::MalformedHead(e.to_string());
+                    // The parser's reason only: pingora's context repeats the raw head.
+                    let why = e
+                        .cause
+                        .as_ref()
+                        .map_or_else(|| e.etype().as_str().to_owned(), |cause| cause.to_string());
+                    let e = GatewayError::MalformedHead(why);
                     session.set_keepalive(None);
                     let _ = write_error(&mut session, &e).await;
                 } else {
