@@ -230,19 +230,30 @@ async fn a_malformed_head_or_a_tunnel_gets_an_openai_error_and_the_connection_cl
     let cases = [
         (
             "a header line without a colon",
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nno colon here\r\n\r\n",
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nno colon here\r\n\r\n".to_owned(),
+            "HTTP/1.1 400",
+            "invalid_request_head",
+        ),
+        (
+            "more headers than pingora's parser holds",
+            chat_request(
+                &(0..300)
+                    .map(|i| format!("X-H{i}: v\r\n"))
+                    .collect::<String>(),
+            ),
             "HTTP/1.1 400",
             "invalid_request_head",
         ),
         (
             "CONNECT",
-            "CONNECT backend.internal:443 HTTP/1.1\r\nHost: backend.internal:443\r\n\r\n",
+            "CONNECT backend.internal:443 HTTP/1.1\r\nHost: backend.internal:443\r\n\r\n"
+                .to_owned(),
             "HTTP/1.1 405",
             "method_not_allowed",
         ),
     ];
     for (what, head, status, code) in cases {
-        let body = one_refusal_then_closed(addr, head.to_owned(), status, what).await;
+        let body = one_refusal_then_closed(addr, head, status, what).await;
         assert_eq!(body["error"]["code"], code, "{what}: {body}");
         // The message says why, without echoing the request back.
         let message = body["error"]["message"].as_str().unwrap_or_default();

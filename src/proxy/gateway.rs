@@ -319,11 +319,14 @@ impl HttpServerApp for Gateway {
             Err(mut e) => {
                 e.as_down();
                 if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    // The parser's reason only: pingora's context repeats the raw head.
-                    let why = e
-                        .cause
-                        .as_ref()
-                        .map_or_else(|| e.etype().as_str().to_owned(), |cause| cause.to_string());
+                    // The parser's reason. Where there is one, pingora's context repeats the
+                    // raw head (credentials and all): not sent back. Without one, the context
+                    // is pingora's explanation ("Request header larger than …").
+                    let why = match (&e.cause, &e.context) {
+                        (Some(cause), _) => cause.to_string(),
+                        (None, Some(context)) => context.to_string(),
+                        (None, None) => e.etype().as_str().to_owned(),
+                    };
                     let e = GatewayError::MalformedHead(why);
                     session.set_keepalive(None);
                     let _ = write_error(&mut session, &e).await;
