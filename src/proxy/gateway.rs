@@ -90,7 +90,9 @@ impl Gateway {
                 return Err(method_not_allowed(session).into());
             }
             let body = models_body(snapshot.models());
-            return write_json(session, 200, body).await.map_err(Failure::Abort);
+            return write_json(session, 200, body, None)
+                .await
+                .map_err(Failure::Abort);
         }
         let Some(endpoint) = Endpoint::from_path(path) else {
             return Err(GatewayError::UnknownPath {
@@ -276,25 +278,26 @@ fn models_body<'a>(models: impl Iterator<Item = &'a str>) -> Bytes {
     Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
 }
 
-async fn write_json(session: &mut ServerSession, status: u16, body: Bytes) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build_no_case(status, Some(3))?;
+/// A JSON answer written whole, with `Retry-After` when given.
+async fn write_json(
+    session: &mut ServerSession,
+    status: u16,
+    body: Bytes,
+    retry_after: Option<u64>,
+) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build_no_case(status, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    if let Some(secs) = retry_after {
+        resp.insert_header(header::RETRY_AFTER, secs.to_string())?;
+    }
     session.write_response_header(Box::new(resp)).await?;
     session.write_response_body(body, true).await
 }
 
 /// The gateway's own error answer, with `Retry-After` for refusals that end with a window.
 async fn write_error(session: &mut ServerSession, e: &GatewayError) -> pingora::Result<()> {
-    let body = e.body();
-    let mut resp = ResponseHeader::build_no_case(e.status(), Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    if let Some(secs) = e.retry_after() {
-        resp.insert_header(header::RETRY_AFTER, secs.to_string())?;
-    }
-    session.write_response_header(Box::new(resp)).await?;
-    session.write_response_body(body, true).await
+    write_json(session, e.status(), e.body(), e.retry_after()).await
 }
 
 #[async_trait]
