@@ -4,7 +4,10 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use common::redis::RedisServer;
 use common::*;
@@ -141,6 +144,106 @@ async fn a_repeated_deterministic_request_is_answered_from_cache_byte_for_byte()
         ),
         "{text}"
     );
+}
+
+/// A hit is written straight onto the connection, which stays the gateway's to reuse: a request
+/// pipelined behind a hit is answered next, in order, on the same connection, and a hit for a
+/// client that asked to close is the connection's last answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_keeps_a_pipelined_request_and_honours_connection_close() {
+    let (s, gw) = cached_gateway(|_| {}, "").await;
+    let c = client();
+    let first = post_json(&c, &chat_url(&gw), &greedy("pipelined")).await;
+    assert_eq!(first.header("x-switchyard-cache"), "miss");
+
+    let raw = |body: &serde_json::Value, extra: &str| {
+        let body = body.to_string();
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    };
+    let both = raw(&greedy("pipelined"), "") + &raw(&greedy("behind it"), "");
+    let close = raw(&greedy("pipelined"), "connection: close\r\n");
+    let addr = gw.url().trim_start_matches("http://").to_owned();
+    let (answers, closed) = tokio::task::spawn_blocking(move || {
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Both requests in one write: the second arrives with the first's body.
+        sock.write_all(both.as_bytes()).unwrap();
+        let mut pending = Vec::new();
+        let hit = read_answer(&mut sock, &mut pending);
+        let behind = read_answer(&mut sock, &mut pending);
+        sock.write_all(close.as_bytes()).unwrap();
+        let last = read_answer(&mut sock, &mut pending);
+        let closed = matches!(sock.read(&mut [0u8; 64]), Ok(0)) && pending.is_empty();
+        ([hit, behind, last], closed)
+    })
+    .await
+    .unwrap();
+    let [hit, behind, last] = answers;
+    assert!(hit.0.starts_with("http/1.1 200"), "{}", hit.0);
+    assert!(
+        hit.0.contains("\r\nx-switchyard-cache: hit\r\n"),
+        "{}",
+        hit.0
+    );
+    assert!(
+        hit.0.contains("\r\nconnection: keep-alive\r\n"),
+        "{}",
+        hit.0
+    );
+    assert_eq!(hit.1, first.body);
+    assert!(behind.0.starts_with("http/1.1 200"), "{}", behind.0);
+    assert!(
+        behind.0.contains("\r\nx-switchyard-cache: miss\r\n"),
+        "{}",
+        behind.0
+    );
+    assert_ne!(behind.1, first.body, "the pipelined request's own answer");
+    assert!(
+        last.0.contains("\r\nx-switchyard-cache: hit\r\n"),
+        "{}",
+        last.0
+    );
+    assert!(last.0.contains("\r\nconnection: close\r\n"), "{}", last.0);
+    assert_eq!(last.1, first.body);
+    assert!(
+        closed,
+        "the connection closes after the answer to `connection: close`"
+    );
+    assert_eq!(
+        s.requests_served(),
+        2,
+        "only the two misses reached the backend"
+    );
+}
+
+/// Reads one `content-length` answer from `sock` (bytes past it stay in `pending`): its head
+/// in lowercase, and its body.
+fn read_answer(sock: &mut std::net::TcpStream, pending: &mut Vec<u8>) -> (String, Bytes) {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end + 4]).to_lowercase();
+            let length: usize = head
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap_or_else(|| panic!("no content-length: {head}"))
+                .parse()
+                .unwrap();
+            if pending.len() >= end + 4 + length {
+                let body = Bytes::copy_from_slice(&pending[end + 4..end + 4 + length]);
+                pending.drain(..end + 4 + length);
+                return (head, body);
+            }
+        }
+        let n = sock.read(&mut buf).expect("an answer within 10 s");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(pending));
+        pending.extend_from_slice(&buf[..n]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //!
 //! A plain answer is kept byte for byte with its content type. A stream is kept event by event
 //! (each event with its blank-line terminator) through `data: [DONE]`, and replayed with the
-//! same boundaries, one write per event.
+//! same boundaries, one chunk per event.
 //!
 //! `stream_options` is not part of the key, so a hit may want the usage chunk or not:
 //! - the recording has it and the client did not ask: the usage event is left out of the replay;
@@ -14,7 +14,6 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http::HeaderMap;
 use memchr::memmem;
 
 /// An answer as the cache keeps it.
@@ -35,25 +34,22 @@ pub struct CachedAnswer {
     pub hit_head: HitHead,
 }
 
-/// Headers derived from an entry and kept beside it, so that only the first of its hits builds
-/// them (each later hit clones the map: no header is hashed, validated or copied again). Not
-/// stored in Redis and not part of an entry's identity: two entries holding the same answer are
-/// equal whether or not either has served a hit.
+/// Header lines derived from an entry, in wire form, kept beside it so that only the first of
+/// its hits builds and checks them; each later hit copies the bytes. Not stored in Redis and not
+/// part of an entry's identity: two entries holding the same answer are equal whether or not
+/// either has served a hit.
 #[derive(Debug, Default, Clone)]
-pub struct HitHead(OnceLock<HeaderMap>);
+pub struct HitHead(OnceLock<Bytes>);
 
 impl HitHead {
-    /// The headers, built by `build` the first time.
-    pub fn get_or_build<E>(
-        &self,
-        build: impl FnOnce() -> Result<HeaderMap, E>,
-    ) -> Result<&HeaderMap, E> {
-        if let Some(headers) = self.0.get() {
-            return Ok(headers);
+    /// The lines, built by `build` the first time.
+    pub fn get_or_build<E>(&self, build: impl FnOnce() -> Result<Bytes, E>) -> Result<&Bytes, E> {
+        if let Some(lines) = self.0.get() {
+            return Ok(lines);
         }
-        let headers = build()?;
-        // Two first hits at once both build; either map will do.
-        Ok(self.0.get_or_init(|| headers))
+        let lines = build()?;
+        // Two first hits at once both build; either will do.
+        Ok(self.0.get_or_init(|| lines))
     }
 }
 
@@ -78,7 +74,7 @@ pub enum AnswerBody {
 }
 
 /// Fixed overhead counted per entry on top of its bytes, so many tiny entries still weigh: the
-/// entry and moka's node, and the hit head's map (its copies of the names are counted with them).
+/// entry and moka's node, and the hit head's lines (the names in them are counted below).
 const ENTRY_OVERHEAD: usize = 1024;
 
 impl CachedAnswer {

@@ -102,6 +102,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> HardenedListener<A> {
     }
 }
 
+/// An HTTP/1 session on `stream`, with pipelining on: a client that sends its next request
+/// before it has read the answer is served in order (pingora's default closes the connection,
+/// losing that request), and an answer written straight onto the connection (a cache hit) can
+/// take it back through pingora's reuse with those bytes kept.
+fn http1(stream: Stream) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    if let ServerSession::H1(h1) = &mut session {
+        h1.set_pipelining_enabled(true);
+    }
+    session
+}
+
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HardenedListener<A> {
     /// Called by pingora for every accepted connection: serves its HTTP/1 requests one after
@@ -129,7 +141,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HardenedListener<A>
                 return None;
             }
         };
-        let mut session = ServerSession::new_http1(stream);
+        let mut session = http1(stream);
         // A new connection has the head deadline from its accept; a reused one may first idle
         // for the keep-alive timeout.
         let mut deadline = head_timeout;
@@ -144,7 +156,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HardenedListener<A>
             }
             let reused = self.one_request(session, shutdown, deadline, &seen).await?;
             let (stream, persistent) = reused.consume();
-            session = ServerSession::new_http1(stream);
+            session = http1(stream);
             if let Some(persistent) = persistent {
                 persistent.apply_to_session(&mut session);
             }

@@ -1,20 +1,18 @@
 //! The cache's places in the exchange: reading a repeated body's facts from the memo, and
-//! before the exchange (look up, follow an identical request already upstream, or answer from
-//! an entry). Storing a miss's answer after the relay is [`Fill`]'s. The decisions are
-//! `cache::plan`'s; this file only does the I/O they call for.
+//! before the exchange (look up, follow an identical request already upstream, or make the
+//! answer from an entry, which `wire` writes). Storing a miss's answer after the relay is
+//! [`Fill`]'s. The decisions are `cache::plan`'s; this file only does the I/O they call for.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::HeaderMap;
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::ServerSession;
+use http::header;
 
 use super::ctx::RequestCtx;
 use super::fill::Fill;
 use super::head;
+use super::wire::{self, Hit, HitBody, Lines};
 use super::Failure;
 use crate::cache::flight::{self, Joined};
 use crate::cache::memo::BodyDigest;
@@ -60,8 +58,8 @@ pub(super) fn request_facts(
 
 /// What the cache step decided.
 pub(super) enum Step {
-    /// The request was answered from the cache.
-    Served,
+    /// Answer from the cache: the caller writes it.
+    Hit(Hit),
     /// Go upstream (`ctx.cache_fill` is set when the answer may be stored).
     Upstream,
 }
@@ -69,7 +67,6 @@ pub(super) enum Step {
 /// Runs the cache's part before the exchange for a request planned as `plan`.
 pub(super) async fn before_upstream(
     cache: &Arc<ResponseCache>,
-    session: &mut ServerSession,
     ctx: &mut RequestCtx,
     snapshot: &PolicySnapshot,
     route: usize,
@@ -104,17 +101,8 @@ pub(super) async fn before_upstream(
         if let Some((answer, layer)) = cache.lookup(key, include_usage).await {
             // Counted before the answer goes out: whoever saw the hit sees it counted.
             stats.hit(layer, saved(&answer, charge));
-            write_hit(
-                session,
-                ctx,
-                snapshot,
-                &answer,
-                layer,
-                include_usage,
-                charge,
-            )
-            .await?;
-            return Ok(Step::Served);
+            let hit = hit(ctx, snapshot, &answer, layer, include_usage, charge)?;
+            return Ok(Step::Hit(hit));
         }
         match cache.join(key) {
             Joined::Leader(guard) => flight = Some(guard),
@@ -125,17 +113,9 @@ pub(super) async fn before_upstream(
                 if let Ok(Some(answer)) = waited {
                     if answer.serves(include_usage) {
                         stats.hit(Layer::Flight, saved(&answer, charge));
-                        write_hit(
-                            session,
-                            ctx,
-                            snapshot,
-                            &answer,
-                            Layer::Flight,
-                            include_usage,
-                            charge,
-                        )
-                        .await?;
-                        return Ok(Step::Served);
+                        let hit =
+                            hit(ctx, snapshot, &answer, Layer::Flight, include_usage, charge)?;
+                        return Ok(Step::Hit(hit));
                     }
                 }
                 // The leader failed, was not stored, or took too long: go upstream as a plain
@@ -167,100 +147,74 @@ fn saved(answer: &CachedAnswer, charge: bool) -> f64 {
     }
 }
 
-/// Answers from `answer`: a plain body byte for byte with its content type, a stream event by
-/// event. The record says "cache hit"; the cost is 0 unless the route charges hits.
-async fn write_hit(
-    session: &mut ServerSession,
+/// The answer from `answer`: a plain body byte for byte with its content type, a stream event
+/// by event. The record says "cache hit"; the cost is 0 unless the route charges hits.
+fn hit(
     ctx: &mut RequestCtx,
     snapshot: &PolicySnapshot,
     answer: &CachedAnswer,
     layer: Layer,
     include_usage: bool,
     charge: bool,
-) -> Result<(), Failure> {
+) -> Result<Hit, Failure> {
     let cost = if charge { answer.cost_usd } else { 0.0 };
     let record = &mut ctx.record;
     record.cache = CacheStatus::Hit;
     record.status = 200;
     record.outcome = Outcome::Success;
     record.cost_usd = cost;
-    let build = || -> pingora::Result<Box<ResponseHeader>> {
-        let mut down = head::parts(200, 0)?;
-        let headers = &mut down.headers;
-        *headers = answer.hit_head.get_or_build(|| fixed_head(answer))?.clone();
-        headers.reserve(5);
-        if let AnswerBody::Plain { .. } = answer.body {
-            headers.insert(head::COST_USD, head::usd(cost)?);
+    let build = || -> pingora::Result<Hit> {
+        let fixed = answer.hit_head.get_or_build(|| fixed_head(answer))?;
+        let body = match &answer.body {
+            AnswerBody::Plain { bytes, .. } => HitBody::Whole(bytes.clone()),
+            AnswerBody::Stream { .. } => {
+                HitBody::Events(answer.replay_events(include_usage).cloned().collect())
+            }
+        };
+        let plain = matches!(body, HitBody::Whole(_));
+        let mut hit = Hit::new(fixed, body);
+        if plain {
+            hit.line(&head::COST_USD, head::usd_text(cost).as_bytes());
         }
-        headers.insert(head::CACHE_LAYER, HeaderValue::from_static(layer.as_str()));
-        headers.insert(header::AGE, HeaderValue::from(answer.age_s(now_ms())));
+        hit.line(&head::CACHE_LAYER, layer.as_str().as_bytes());
+        hit.number(&header::AGE, answer.age_s(now_ms()));
         let tier = snapshot
             .policy
             .backends
             .iter()
             .find(|b| b.name == answer.backend)
             .and_then(|b| b.tier.as_deref());
-        head::tell_policy(headers, tier, snapshot.version)?;
-        Ok(head::finish(down))
-    };
-    let down = build().map_err(Failure::Abort)?;
-    let gone = |ctx: &mut RequestCtx, e| {
-        ctx.record.outcome = Outcome::ClientAbort;
-        Failure::Abort(e)
-    };
-    if let Err(e) = session.write_response_header(down).await {
-        return Err(gone(ctx, e));
-    }
-    match &answer.body {
-        AnswerBody::Plain { bytes, .. } => {
-            if let Err(e) = session.write_response_body(bytes.clone(), true).await {
-                return Err(gone(ctx, e));
-            }
+        if let Some(tier) = tier {
+            hit.line(&head::TIER, wire::checked(tier)?);
         }
-        AnswerBody::Stream { .. } => {
-            let events: Vec<Bytes> = answer.replay_events(include_usage).cloned().collect();
-            for event in events {
-                if let Err(e) = session.write_response_body(event, false).await {
-                    return Err(gone(ctx, e));
-                }
-            }
-            if let Err(e) = session.write_response_body(Bytes::new(), true).await {
-                return Err(gone(ctx, e));
-            }
-        }
-    }
-    Ok(())
+        hit.number(&head::POLICY_VERSION, snapshot.version);
+        Ok(hit)
+    };
+    build().map_err(Failure::Abort)
 }
 
-/// The headers of a hit that depend only on the entry: content type and framing, `hit`, and
-/// the route, arm and backend that produced it.
-fn fixed_head(answer: &CachedAnswer) -> pingora::Result<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(11);
+/// The lines of a hit's head that depend only on the entry: content type and framing, `hit`,
+/// and the route, arm and backend that produced it.
+fn fixed_head(answer: &CachedAnswer) -> pingora::Result<Bytes> {
+    let mut lines = Lines::default();
     match &answer.body {
         AnswerBody::Plain {
             content_type,
             bytes,
         } => {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_str(content_type).map_err(head::invalid)?,
-            );
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            lines.text(&header::CONTENT_TYPE, content_type)?;
+            lines.number(&header::CONTENT_LENGTH, bytes.len() as u64);
         }
         AnswerBody::Stream { .. } => {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            headers.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
+            lines.text(&header::CONTENT_TYPE, "text/event-stream")?;
+            lines.text(&header::TRANSFER_ENCODING, "chunked")?;
         }
     }
-    headers.insert(head::CACHE, HeaderValue::from_static("hit"));
-    head::tell_names(&mut headers, &answer.route, &answer.arm, &answer.backend)?;
-    Ok(headers)
+    lines.text(&head::CACHE, "hit")?;
+    lines.text(&head::ROUTE, &answer.route)?;
+    lines.text(&head::ARM, &answer.arm)?;
+    lines.text(&head::BACKEND, &answer.backend)?;
+    Ok(lines.done())
 }
 
 #[cfg(test)]

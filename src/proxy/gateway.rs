@@ -22,6 +22,7 @@ use super::cache;
 use super::ctx::RequestCtx;
 use super::exchange::{precommit, Exchange};
 use super::relay::relay;
+use super::wire::Hit;
 use super::{observe, Failure};
 use crate::config::PolicyStore;
 use crate::error::GatewayError;
@@ -61,13 +62,13 @@ impl Gateway {
         }
     }
 
-    /// Serves one request to its end. `Err(Respond)` means nothing was written yet and the
-    /// caller must answer with the error.
+    /// Serves one request to its end, but for a cache hit's answer, which the caller writes.
+    /// `Err(Respond)` means nothing was written yet and the caller must answer with the error.
     async fn serve(
         &self,
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
-    ) -> Result<(), Failure> {
+    ) -> Result<Served, Failure> {
         let snapshot = self.store.current();
         ctx.snapshot = Some(snapshot.clone());
         if session.req_header().method == Method::CONNECT {
@@ -92,6 +93,7 @@ impl Gateway {
             let body = models_body(snapshot.models());
             return write_json(session, 200, body, None)
                 .await
+                .map(|()| Served::Written)
                 .map_err(Failure::Abort);
         }
         let Some(endpoint) = Endpoint::from_path(path) else {
@@ -155,17 +157,11 @@ impl Gateway {
             },
             self.store.cache().key_memo(),
         );
-        if let cache::Step::Served = cache::before_upstream(
-            self.store.cache(),
-            session,
-            ctx,
-            &snapshot,
-            route_index,
-            cache_plan,
-        )
-        .await?
+        if let cache::Step::Hit(hit) =
+            cache::before_upstream(self.store.cache(), ctx, &snapshot, route_index, cache_plan)
+                .await?
         {
-            return Ok(());
+            return Ok(Served::Hit(hit));
         }
         let headers = &session.req_header().headers;
         let plan = plan_for(&snapshot, headers);
@@ -243,8 +239,25 @@ impl Gateway {
                 return Err(Failure::Abort(gone));
             }
         };
-        Box::pin(relay(session, ctx, &exchange, committed)).await
+        Box::pin(relay(session, ctx, &exchange, committed))
+            .await
+            .map(|()| Served::Written)
     }
+
+    /// The request's record, completed and handed on.
+    fn end(&self, ctx: &mut RequestCtx) {
+        ctx.in_flight.take();
+        ctx.record.latency = ctx.record.started.elapsed();
+        observe::request_ended(ctx, self.store.metrics(), self.store.spend());
+    }
+}
+
+/// How `serve` left a request.
+enum Served {
+    /// Answered through the session.
+    Written,
+    /// A cache hit, to be written straight onto the connection ([`Hit::send`]).
+    Hit(Hit),
 }
 
 enum Either<L, R> {
@@ -351,16 +364,23 @@ impl HttpServerApp for Gateway {
         }
         let mut ctx = RequestCtx::new();
         let reusable = match self.serve(&mut session, &mut ctx).await {
-            Ok(()) => true,
+            Ok(Served::Written) => true,
+            Ok(Served::Hit(hit)) => {
+                let reused = hit.send(session).await.unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "client left before its answer was complete");
+                    ctx.record.outcome = Outcome::ClientAbort;
+                    None
+                });
+                self.end(&mut ctx);
+                return reused;
+            }
             Err(Failure::Respond(e)) => refuse(&mut session, &mut ctx, &e).await,
             Err(Failure::Abort(e)) => {
                 abort(&mut session, &e).await;
                 false
             }
         };
-        ctx.in_flight.take();
-        ctx.record.latency = ctx.record.started.elapsed();
-        observe::request_ended(&mut ctx, self.store.metrics(), self.store.spend());
+        self.end(&mut ctx);
         if !reusable {
             return None;
         }

@@ -1,9 +1,12 @@
 //! The response heads the gateway writes itself: a relayed answer's (the backend's end-to-end
-//! headers) and a cache hit's, both with what the gateway tells about the request.
+//! headers) with what the gateway tells about the request, and the header names a cache hit's
+//! head (`wire`) shares with it.
 //!
 //! Built as `http` parts and handed to pingora whole: its header builders turn every name into
 //! a case-preserving copy and parse it back, an allocation and a validation per header on every
 //! request; the names here are constants and the head goes out in canonical case.
+
+use std::borrow::Cow;
 
 use http::header::{HeaderName, HeaderValue, InvalidHeaderValue};
 use http::response::Parts;
@@ -43,33 +46,13 @@ pub(super) fn parts(status: u16, capacity: usize) -> pingora::Result<Parts> {
 
 /// Adds route, arm, backend, tier and policy version.
 pub(super) fn tell(headers: &mut HeaderMap, who: &Answered<'_>) -> pingora::Result<()> {
-    tell_names(headers, who.route, who.arm, who.backend)?;
-    tell_policy(headers, who.tier, who.policy_version)
-}
-
-/// Adds route, arm and backend: what a cache entry knows of who answered.
-pub(super) fn tell_names(
-    headers: &mut HeaderMap,
-    route: &str,
-    arm: &str,
-    backend: &str,
-) -> pingora::Result<()> {
-    headers.insert(ROUTE, text(route)?);
-    headers.insert(ARM, text(arm)?);
-    headers.insert(BACKEND, text(backend)?);
-    Ok(())
-}
-
-/// Adds the backend's tier and the policy version: what the current policy says.
-pub(super) fn tell_policy(
-    headers: &mut HeaderMap,
-    tier: Option<&str>,
-    policy_version: u64,
-) -> pingora::Result<()> {
-    if let Some(tier) = tier {
+    headers.insert(ROUTE, text(who.route)?);
+    headers.insert(ARM, text(who.arm)?);
+    headers.insert(BACKEND, text(who.backend)?);
+    if let Some(tier) = who.tier {
         headers.insert(TIER, text(tier)?);
     }
-    headers.insert(POLICY_VERSION, HeaderValue::from(policy_version));
+    headers.insert(POLICY_VERSION, HeaderValue::from(who.policy_version));
     Ok(())
 }
 
@@ -90,11 +73,19 @@ pub(super) fn finish(parts: Parts) -> Box<ResponseHeader> {
 
 /// A cost in USD as a header value (`x-switchyard-cost-usd`).
 pub(super) fn usd(cost: f64) -> pingora::Result<HeaderValue> {
+    match usd_text(cost) {
+        Cow::Borrowed(zero) => Ok(HeaderValue::from_static(zero)),
+        Cow::Owned(text) => HeaderValue::from_str(&text).map_err(invalid),
+    }
+}
+
+/// A cost in USD as header text: digits and a point, or `NaN` / `inf`.
+pub(super) fn usd_text(cost: f64) -> Cow<'static, str> {
     if cost == 0.0 {
         // Every cache hit that is not billed.
-        return Ok(HeaderValue::from_static("0"));
+        return Cow::Borrowed("0");
     }
-    HeaderValue::from_str(&format_usd(cost)).map_err(invalid)
+    Cow::Owned(format_usd(cost))
 }
 
 /// USD with enough decimals for a single small request (nano-dollars), trailing zeros trimmed.

@@ -21,6 +21,7 @@ mod gateway;
 mod head;
 mod observe;
 mod relay;
+mod wire;
 
 pub use ctx::RequestCtx;
 pub use gateway::Gateway;
