@@ -1,5 +1,5 @@
 //! Listener hardening over raw sockets against the real gateway: the head deadline, the
-//! keep-alive idle timeout, header limits answered 431, and connections closed after a
+//! keep-alive timeout, header limits answered 431, and connections closed after a
 //! request-framing error. Nothing here may reach a backend.
 
 mod common;
@@ -149,6 +149,55 @@ async fn an_idle_keepalive_connection_is_closed() {
         idle_for >= Duration::from_millis(800) && idle_for < Duration::from_secs(8),
         "closed after {idle_for:?} idle; the timeout is 1 s"
     );
+}
+
+/// On a kept-alive connection the idle wait and the next head share one deadline: a head that
+/// starts late and then drips is cut when the keep-alive timeout ends, with no head timeout
+/// starting over at its first byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_dripped_late_on_a_kept_alive_connection_is_cut_at_the_keepalive_timeout() {
+    let (sim, gw) = gateway_with_sim("head_timeout_ms = 5000\nkeepalive_timeout_secs = 1").await;
+    let addr = gw.proxy_addr;
+    let (first, since_answer, reply) = tokio::task::spawn_blocking(move || {
+        let mut s = connect(addr);
+        s.write_all(chat_request("").as_bytes()).unwrap();
+        let first = read_one_response(&mut s);
+        let answered = Instant::now();
+        std::thread::sleep(Duration::from_millis(600));
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        for byte in chat_request("").as_bytes().iter().take(40) {
+            if s.write_all(&[*byte]).is_err() {
+                break;
+            }
+            let mut buf = [0u8; 1024];
+            match s.read(&mut buf) {
+                Ok(0) => return (first, answered.elapsed(), String::new()),
+                Ok(n) => {
+                    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    return (first, answered.elapsed(), reply);
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    return (first, answered.elapsed(), String::new())
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        (
+            first,
+            answered.elapsed(),
+            "still open after the whole drip".to_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(reply.is_empty(), "expected a silent close, got {reply:?}");
+    assert!(
+        since_answer >= Duration::from_millis(900) && since_answer < Duration::from_secs(4),
+        "closed {since_answer:?} after the answer; the keep-alive timeout is 1 s"
+    );
+    assert_eq!(sim.requests_served(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

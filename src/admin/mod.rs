@@ -12,16 +12,19 @@ mod guardrails;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_trait::async_trait;
 use bytes::BytesMut;
 use http::{Method, Response, StatusCode};
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::ReusedHttpStream;
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use serde_json::json;
 
 use crate::config::{HistoryEntry, PolicySource, PolicyStore, RollbackError};
 use crate::error::openai_error_body;
 use crate::guardrails::GuardrailRuntime;
+use crate::listener::{reuse, HeadWait, HttpApp};
+use crate::telemetry::log_limit::CLIENT_ERRORS;
 
 /// Counters listed per budget or rate limit by `/admin/spend` (the largest first): the page
 /// stays bounded however many keys spend.
@@ -305,15 +308,41 @@ impl AdminApp {
     }
 }
 
-#[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        crate::listener::head_received();
-        let mut resp = self.route(session).await;
-        let len = resp.body().len();
-        resp.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, len.into());
-        resp
+impl HttpApp for AdminApp {
+    /// One request: its head, the whole answer, and the connection back when it can be reused.
+    async fn serve_one(
+        &self,
+        mut session: ServerSession,
+        head: HeadWait<'_>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match head.read(&mut session).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                // Rate-limited with pingora's own connection errors (`log_limit`).
+                tracing::warn!(
+                    target: CLIENT_ERRORS,
+                    "admin connection failed before its request head was read: {e}"
+                );
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let (parts, body) = self.route(&mut session).await.into_parts();
+        let mut head = ResponseHeader::from(parts);
+        let sent = async {
+            head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+            session.write_response_header(Box::new(head)).await?;
+            session.write_response_body(body.into(), true).await
+        };
+        if let Err(e) = sent.await {
+            tracing::debug!(error = %e, "admin answer not delivered");
+            return None;
+        }
+        reuse(session).await
     }
 }
 

@@ -143,11 +143,11 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub threads: usize,
     pub history_limit: usize,
-    /// From a connection's accept (or the end of the previous request on a keep-alive
-    /// connection, plus `keepalive_timeout`) to its whole request head read: past it the
-    /// connection is closed without an answer, so slow-header clients cannot hold sockets.
+    /// From a connection's accept to its first request head read: past it the connection is
+    /// closed without an answer, so slow-header clients cannot hold sockets.
     pub head_timeout: Duration,
-    /// An idle keep-alive connection is closed after this long without a new request.
+    /// From an answer on a keep-alive connection to the next request head read: past it the
+    /// connection is closed (idle, or its head dripped too late).
     pub keepalive_timeout_secs: u64,
     /// Heads above these limits are answered 431 and the connection is closed; nothing reaches
     /// a backend.

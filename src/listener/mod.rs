@@ -1,13 +1,14 @@
-//! The proxy and admin listeners' own defences, below pingora's HTTP handling: a deadline for
-//! the whole request head and an idle timeout for keep-alive connections.
+//! The proxy and admin listeners' own defences, below their applications: a connection limit,
+//! and one deadline for each request head that also bounds the keep-alive idle wait.
 //!
 //! pingora 0.9 bounds each *read* of a request head (60 s), not the whole head: a client that
 //! sends one byte every few seconds keeps its socket forever, and an HTTP/1.1 keep-alive
 //! connection waits for its next request without limit. Thousands of such clients exhaust the
 //! process's file descriptors. [`HardenedListener`] runs each connection's HTTP/1 loop itself
-//! (the same loop pingora's own `ServerApp` runs) and races every request against the head
-//! deadline; the application reports that the head is complete by calling [`head_received`]
-//! once the head is parsed, after which the request runs to its end undisturbed.
+//! and hands every request to its application ([`HttpApp`]) with a [`HeadWait`]: the
+//! application reads the head through it, against the deadline and the service's stop, and then
+//! serves the request undisturbed. pingora's own per-read timeout on heads is turned off, so a
+//! request waits on one timer, not two.
 
 mod head;
 mod limit;
@@ -15,29 +16,84 @@ mod limit;
 pub use head::{check_head, head_bytes, HeadLimitExceeded};
 pub use limit::{proxy_connection_cap, raise_fd_limit, OpenConnections, FD_RESERVE};
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::config::PolicyStore;
 
-tokio::task_local! {
-    /// Set once the current request's head is read; scoped to one request of one connection.
-    static HEAD_SEEN: Arc<AtomicBool>;
+/// An HTTP/1 application behind a [`HardenedListener`] (the proxy's `Gateway`, the admin API).
+pub trait HttpApp: Send + Sync + 'static {
+    /// Serves one request of `session`, its head read through `head`; the connection back when
+    /// it can serve another request, `None` when it is done.
+    fn serve_one(
+        &self,
+        session: ServerSession,
+        head: HeadWait<'_>,
+        shutdown: &ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send;
 }
 
-/// Tells the listener that the current request's head has been read completely, so the head
-/// deadline no longer applies. Call it from the first code that runs after pingora parsed the
-/// head (the proxy's `Gateway`, the admin's handler); outside a listener it does
-/// nothing.
-pub fn head_received() {
-    let _ = HEAD_SEEN.try_with(|seen| seen.store(true, Ordering::Release));
+/// The wait for one request's head: until its deadline, or the service's stop.
+pub struct HeadWait<'a> {
+    deadline: Instant,
+    stopping: &'a Stopping,
+}
+
+impl HeadWait<'_> {
+    /// Reads `session`'s request head: `Ok(true)` when there is a request to serve, `Ok(false)`
+    /// when the connection is to close without an answer (the client closed it, the head was
+    /// not complete by the deadline, or the service is stopping before a head arrived; a client
+    /// that cannot send a head in time would not read an answer either).
+    pub async fn read(self, session: &mut ServerSession) -> pingora::Result<bool> {
+        tokio::select! {
+            // Biased: a request already buffered is served, not dropped, when shutdown begins.
+            biased;
+            head = session.read_request() => head,
+            () = self.stopping.wait() => Ok(false),
+            () = tokio::time::sleep_until(self.deadline) => {
+                tracing::debug!("request head not received in time; connection closed");
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// Gives `session`'s connection back for the next request when it can serve one.
+pub async fn reuse(session: ServerSession) -> Option<ReusedHttpStream> {
+    let settings = HttpPersistentSettings::for_session(&session);
+    let reused = session.finish().await.ok().flatten()?;
+    Some(ReusedHttpStream::from_reusable_stream(reused, settings))
+}
+
+/// Set, and its waiters woken, when the service stops: connections idle between requests close.
+#[derive(Default)]
+struct Stopping {
+    stopped: AtomicBool,
+    notify: Notify,
+}
+
+impl Stopping {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        let stop = self.notify.notified();
+        if !self.stopped.load(Ordering::Acquire) {
+            stop.await;
+        }
+    }
 }
 
 /// Which listener a [`HardenedListener`] serves: each has its own connection limit.
@@ -53,51 +109,21 @@ pub enum Role {
 /// deadline and the keep-alive idle timeout of the running policy's `[server]` settings, read
 /// per connection.
 pub struct HardenedListener<A> {
-    app: Arc<A>,
+    app: A,
     store: Arc<PolicyStore>,
     role: Role,
     open: Arc<OpenConnections>,
+    stopping: Stopping,
 }
 
 impl<A> HardenedListener<A> {
     pub fn new(app: A, store: Arc<PolicyStore>, role: Role) -> HardenedListener<A> {
         HardenedListener {
-            app: Arc::new(app),
+            app,
             store,
             role,
             open: Arc::new(OpenConnections::default()),
-        }
-    }
-}
-
-impl<A: HttpServerApp + Send + Sync + 'static> HardenedListener<A> {
-    /// Runs one request; `None` when the connection is done (closed, not reusable, or cut
-    /// because its head did not arrive within `deadline`).
-    /// `seen` is the connection's flag, cleared here for this request.
-    async fn one_request(
-        &self,
-        session: ServerSession,
-        shutdown: &ShutdownWatch,
-        deadline: Duration,
-        seen: &Arc<AtomicBool>,
-    ) -> Option<ReusedHttpStream> {
-        seen.store(false, Ordering::Release);
-        let request = HEAD_SEEN.scope(seen.clone(), self.app.process_new_http(session, shutdown));
-        tokio::pin!(request);
-        tokio::select! {
-            done = &mut request => return done,
-            () = tokio::time::sleep(deadline) => {}
-        }
-        if seen.load(Ordering::Acquire) {
-            request.await
-        } else {
-            // Dropping the request drops the session and with it the socket: no answer, since
-            // a client that cannot send a head in time would not read one either.
-            tracing::debug!(
-                ?deadline,
-                "request head not received in time; connection closed"
-            );
-            None
+            stopping: Stopping::default(),
         }
     }
 }
@@ -115,7 +141,7 @@ fn http1(stream: Stream) -> ServerSession {
 }
 
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HardenedListener<A> {
+impl<A: HttpApp> ServerApp for HardenedListener<A> {
     /// Called by pingora for every accepted connection: serves its HTTP/1 requests one after
     /// the other until the client or a limit ends it.
     async fn process_new(
@@ -142,29 +168,35 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HardenedListener<A>
             }
         };
         let mut session = http1(stream);
-        // A new connection has the head deadline from its accept; a reused one may first idle
-        // for the keep-alive timeout.
-        let mut deadline = head_timeout;
-        let seen = Arc::new(AtomicBool::new(false));
+        // A new connection's first head is due `head_timeout` after the accept; on a kept-alive
+        // one the next head is due `keepalive` after the previous answer: the idle wait and the
+        // head under one deadline.
+        let mut wait = head_timeout;
+        let keepalive = Duration::from_secs(keepalive_secs);
         loop {
-            // pingora's keep-alive timeout bounds the idle wait before the next request's
-            // first byte; without it pingora waits forever on HTTP/1.1.
+            // pingora's keep-alive timeout would put a second timer, per read, on the head:
+            // `Some(0)` keeps the connection reusable with none.
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             } else {
-                session.set_keepalive(Some(keepalive_secs));
+                session.set_keepalive(Some(0));
             }
-            let reused = self.one_request(session, shutdown, deadline, &seen).await?;
+            let head = HeadWait {
+                deadline: Instant::now() + wait,
+                stopping: &self.stopping,
+            };
+            let reused = self.app.serve_one(session, head, shutdown).await?;
             let (stream, persistent) = reused.consume();
             session = http1(stream);
             if let Some(persistent) = persistent {
                 persistent.apply_to_session(&mut session);
             }
-            deadline = head_timeout + Duration::from_secs(keepalive_secs);
+            wait = keepalive;
         }
     }
 
+    /// Requests waiting for their head on idle keep-alive connections give up.
     async fn cleanup(&self) {
-        self.app.http_cleanup().await;
+        self.stopping.stop();
     }
 }

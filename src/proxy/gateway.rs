@@ -2,20 +2,18 @@
 //! serve the request, answer its error if it failed, hand its record on, and give the
 //! connection back for the next request.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::ReusedHttpStream;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorSource, ErrorType};
 use rand::Rng;
-use tokio::sync::Notify;
 
 use super::body::{client_gone, read_body};
 use super::cache;
@@ -26,7 +24,7 @@ use super::wire::Hit;
 use super::{observe, Failure};
 use crate::config::PolicyStore;
 use crate::error::GatewayError;
-use crate::listener::{check_head, head_bytes};
+use crate::listener::{check_head, head_bytes, reuse, HeadWait, HttpApp};
 use crate::routing::tier::start_tier;
 use crate::routing::{candidates, choose_arm, match_route, plan_for, Draws, Endpoint, BUCKETS};
 use crate::shadow::ShadowJob;
@@ -38,9 +36,6 @@ pub struct Gateway {
     store: Arc<PolicyStore>,
     connector: UpstreamPool,
     rotation: AtomicUsize,
-    /// Set, and `stop` notified, when the service stops.
-    stopping: AtomicBool,
-    stop: Notify,
 }
 
 impl Gateway {
@@ -49,16 +44,6 @@ impl Gateway {
             store,
             connector: UpstreamPool::new(),
             rotation: AtomicUsize::new(0),
-            stopping: AtomicBool::new(false),
-            stop: Notify::new(),
-        }
-    }
-
-    /// Resolves once the service is stopping.
-    async fn shutting_down(&self) {
-        let stop = self.stop.notified();
-        if !self.stopping.load(Ordering::Acquire) {
-            stop.await;
         }
     }
 
@@ -313,22 +298,16 @@ async fn write_error(session: &mut ServerSession, e: &GatewayError) -> pingora::
     write_json(session, e.status(), e.body(), e.retry_after()).await
 }
 
-#[async_trait]
-impl HttpServerApp for Gateway {
+impl HttpApp for Gateway {
     /// One request of a downstream HTTP/1 connection: its head, the whole answer, its record,
     /// and the connection back for the next request when it can be reused.
-    async fn process_new_http(
-        self: &Arc<Self>,
+    async fn serve_one(
+        &self,
         mut session: ServerSession,
+        head: HeadWait<'_>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let head = tokio::select! {
-            // Biased: a request already buffered is served, not dropped, when shutdown begins.
-            biased;
-            head = session.read_request() => head,
-            () = self.shutting_down() => return None,
-        };
-        match head {
+        match head.read(&mut session).await {
             Ok(true) => {}
             // The client closed the connection between requests.
             Ok(false) => return None,
@@ -357,8 +336,6 @@ impl HttpServerApp for Gateway {
                 return None;
             }
         }
-        // From here on the listener's head deadline no longer applies to this request.
-        crate::listener::head_received();
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
@@ -384,16 +361,7 @@ impl HttpServerApp for Gateway {
         if !reusable {
             return None;
         }
-        let settings = HttpPersistentSettings::for_session(&session);
-        let reused = session.finish().await.ok().flatten()?;
-        Some(ReusedHttpStream::from_reusable_stream(reused, settings))
-    }
-
-    /// Called once the service stops: requests waiting for their head on idle keep-alive
-    /// connections give up.
-    async fn http_cleanup(&self) {
-        self.stopping.store(true, Ordering::Release);
-        self.stop.notify_waiters();
+        reuse(session).await
     }
 }
 
