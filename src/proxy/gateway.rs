@@ -22,11 +22,14 @@ use super::exchange::{precommit, Exchange};
 use super::relay::relay;
 use super::wire::Hit;
 use super::{observe, Failure};
-use crate::config::PolicyStore;
+use crate::config::{PolicySnapshot, PolicyStore};
 use crate::error::GatewayError;
 use crate::listener::{check_head, head_bytes, reuse, HeadWait, HttpApp};
 use crate::routing::tier::start_tier;
-use crate::routing::{candidates, choose_arm, match_route, plan_for, Draws, Endpoint, BUCKETS};
+use crate::routing::{
+    candidates, choose_arm, match_route, plan_for, ArmChoice, Draws, Endpoint, RequestFacts,
+    BUCKETS,
+};
 use crate::shadow::ShadowJob;
 use crate::telemetry::log_limit::CLIENT_ERRORS;
 use crate::telemetry::Outcome;
@@ -148,6 +151,37 @@ impl Gateway {
         {
             return Ok(Served::Hit(hit));
         }
+        // Past here only misses: boxed, so that the future every request moves into its
+        // connection's stays small (a hit's, of about a kilobyte, instead of several).
+        let routed = Routed {
+            snapshot,
+            route: route_index,
+            choice,
+            facts,
+            body,
+            downgrade,
+            draws,
+        };
+        Box::pin(self.upstream(session, ctx, routed)).await
+    }
+
+    /// The upstream exchange of a request routed to `routed`'s arm, and its relay.
+    async fn upstream(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        routed: Routed,
+    ) -> Result<Served, Failure> {
+        let Routed {
+            snapshot,
+            route: route_index,
+            choice,
+            facts,
+            body,
+            downgrade,
+            draws,
+        } = routed;
+        let route = &snapshot.policy.routes[route_index];
         let headers = &session.req_header().headers;
         let plan = plan_for(&snapshot, headers);
         // A spent `downgrade` budget: the cheapest tier, whatever the rules would pick.
@@ -213,8 +247,7 @@ impl Gateway {
         };
         // A client that leaves while the backend prepares its answer stops the exchange: the
         // upstream connection is dropped, which stops the backend generating for nobody.
-        // The upstream legs are boxed: held inline, they would make this whole future (which
-        // pingora moves into a box of its own for every request, cache hits included) several
+        // The upstream legs are boxed: held inline, they would make this future several
         // kilobytes larger.
         let attempts = Box::pin(precommit(&exchange, ctx, &candidates, &mut on_sent));
         let committed = match first_of(attempts, client_gone(session)).await {
@@ -235,6 +268,17 @@ impl Gateway {
         ctx.record.latency = ctx.record.started.elapsed();
         observe::request_ended(ctx, self.store.metrics(), self.store.spend());
     }
+}
+
+/// What a request takes to its upstream exchange, decided before the cache step.
+struct Routed {
+    snapshot: Arc<PolicySnapshot>,
+    route: usize,
+    choice: ArmChoice,
+    facts: Arc<RequestFacts>,
+    body: Bytes,
+    downgrade: bool,
+    draws: Draws,
 }
 
 /// How `serve` left a request.
