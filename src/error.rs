@@ -21,7 +21,7 @@ pub enum GatewayError {
     BodyTooLarge { limit: usize },
     #[error("The request body was not received completely: {0}")]
     BodyRead(String),
-    #[error("The request body was not received within {0} seconds.")]
+    #[error("The request body was not received within {0} ms.")]
     BodyTimeout(u64),
     #[error("No backend of route `{route}` arm `{arm}` could be reached.")]
     BackendsUnavailable { route: String, arm: String },

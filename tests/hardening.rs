@@ -223,6 +223,33 @@ async fn a_keepalive_connection_in_use_is_served_past_the_deadlines() {
     assert_eq!(sim.requests_served(), 3);
 }
 
+/// A body that stalls halfway is answered 408 once `body_timeout_ms` has passed, and the
+/// connection is closed (what was left unread cannot be told from the next request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_at_the_body_timeout() {
+    let (sim, gw) = gateway_with_sim("body_timeout_ms = 500").await;
+    let addr = gw.proxy_addr;
+    let (elapsed, reply) = tokio::task::spawn_blocking(move || {
+        let mut s = connect(addr);
+        let full = chat_request("");
+        // The head and the first 10 bytes of the body, then nothing.
+        let cut = full.find("\r\n\r\n").unwrap() + 4 + 10;
+        s.write_all(&full.as_bytes()[..cut]).unwrap();
+        let started = Instant::now();
+        let reply = read_to_close(&mut s);
+        (started.elapsed(), reply)
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("\"code\":\"body_timeout\""), "{reply}");
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(5),
+        "answered after {elapsed:?}; the body timeout is 500 ms"
+    );
+    assert_eq!(sim.requests_served(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_or_too_large_headers_get_431_and_reach_no_backend() {
     let (sim, gw) = gateway_with_sim("max_headers = 50\nmax_header_bytes = 8192").await;

@@ -19,6 +19,8 @@ pub const DEFAULT_HISTORY_LIMIT: u64 = 50;
 /// slow links while cutting a client that drips one byte a second long before it matters.
 pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_KEEPALIVE_TIMEOUT_SECS: u64 = 15;
+/// Room for a multi-megabyte prompt over a slow link; a slow upload still cannot pin a worker.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 60_000;
 /// OpenAI-style clients send a handful of short headers; 32 KiB leaves room for large cookies
 /// and tracing headers.
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
@@ -149,6 +151,9 @@ pub struct ServerSettings {
     /// From an answer on a keep-alive connection to the next request head read: past it the
     /// connection is closed (idle, or its head dripped too late).
     pub keepalive_timeout_secs: u64,
+    /// From a request's head read to its whole body read: past it the request is answered 408
+    /// and the connection closed.
+    pub body_timeout: Duration,
     /// Heads above these limits are answered 431 and the connection is closed; nothing reaches
     /// a backend.
     pub max_header_bytes: usize,

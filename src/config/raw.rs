@@ -205,6 +205,8 @@ pub struct RawServer {
     pub head_timeout_ms: Option<u64>,
     /// Longest idle wait for the next request on a keep-alive connection.
     pub keepalive_timeout_secs: Option<u64>,
+    /// Longest time a client may take to send a whole request body.
+    pub body_timeout_ms: Option<u64>,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: Option<u64>,
     /// Most header fields in one request.

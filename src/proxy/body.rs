@@ -1,15 +1,15 @@
 //! Reads the client's request body once, whole, within the policy's limit; after it, notices
 //! when the client goes away.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::ServerSession;
 
 use crate::error::GatewayError;
-
-/// How long a client may take to send its whole body: slow uploads must not pin a worker.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Clients such as curl wait (a second, for curl) for "100 Continue" before sending a large
 /// body; answer at once rather than let every big prompt pay that wait. Call it only once the
@@ -26,9 +26,14 @@ pub async fn answer_expect_continue(session: &mut ServerSession) -> pingora::Res
     Ok(())
 }
 
-/// Reads the body, refusing it as soon as it is known to exceed `limit` bytes (from the
-/// `Content-Length` header before reading anything, or while reading a chunked body).
-pub async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, GatewayError> {
+/// Reads the body within `deadline` (`408` past it: slow uploads must not pin a worker),
+/// refusing it as soon as it is known to exceed `limit` bytes (from the `Content-Length` header
+/// before reading anything, or while reading a chunked body).
+pub async fn read_body(
+    session: &mut ServerSession,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, GatewayError> {
     let declared = session
         .req_header()
         .headers
@@ -57,9 +62,20 @@ pub async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Byte
             }
         }
     };
-    tokio::time::timeout(BODY_TIMEOUT, read)
+    // A body that came with its head is read at once: the timer is set only for one that did
+    // not (setting one costs more than reading a small body from the buffer).
+    let mut read = std::pin::pin!(read);
+    if let Poll::Ready(body) = poll_once(read.as_mut()).await {
+        return body;
+    }
+    tokio::time::timeout(deadline, read)
         .await
-        .unwrap_or(Err(GatewayError::BodyTimeout(BODY_TIMEOUT.as_secs())))
+        .unwrap_or(Err(GatewayError::BodyTimeout(deadline.as_millis() as u64)))
+}
+
+/// Polls `f` once: its output if it is ready.
+async fn poll_once<F: Future>(mut f: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
 }
 
 /// Resolves when the client closes its connection (the request body is already read, so

@@ -94,7 +94,7 @@ impl Gateway {
         if req.method != Method::POST {
             return Err(method_not_allowed(session).into());
         }
-        let body = read_body(session, snapshot.policy.server.max_body_bytes).await?;
+        let body = read_body(session, limits.max_body_bytes, limits.body_timeout).await?;
         let (facts, digest) = cache::request_facts(self.store.cache(), &snapshot, endpoint, &body)?;
         ctx.record.endpoint = Some(endpoint);
         ctx.record.stream = facts.stream;

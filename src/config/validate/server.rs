@@ -81,6 +81,13 @@ pub(super) fn validate_server(raw: &RawPolicy, errors: &mut Errors) -> ServerSet
             1..=3_600,
             errors,
         ),
+        body_timeout: Duration::from_millis(bounded(
+            "server.body_timeout_ms",
+            s.body_timeout_ms,
+            DEFAULT_BODY_TIMEOUT_MS,
+            100..=3_600_000,
+            errors,
+        )),
         max_header_bytes: bounded(
             "server.max_header_bytes",
             s.max_header_bytes,
@@ -147,6 +154,7 @@ mod tests {
             .server;
         assert_eq!(s.head_timeout.as_millis(), 5_000);
         assert_eq!(s.keepalive_timeout_secs, 15);
+        assert_eq!(s.body_timeout.as_millis(), 60_000);
         assert_eq!(s.max_header_bytes, 32 * 1024);
         assert_eq!(s.max_headers, 100);
         assert_eq!(s.max_connections, 10_000);
@@ -156,7 +164,7 @@ mod tests {
     #[test]
     fn every_out_of_range_listener_limit_is_named() {
         let errors = parse_policy(&format!(
-            "[server]\nhead_timeout_ms = 0\nkeepalive_timeout_secs = 0\nmax_header_bytes = 2000000\nmax_headers = 256\nmax_connections = 0\nadmin_max_connections = 10001\n{ONE_ROUTE}"
+            "[server]\nhead_timeout_ms = 0\nkeepalive_timeout_secs = 0\nbody_timeout_ms = 99\nmax_header_bytes = 2000000\nmax_headers = 256\nmax_connections = 0\nadmin_max_connections = 10001\n{ONE_ROUTE}"
         ))
         .unwrap_err();
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
@@ -165,6 +173,7 @@ mod tests {
             [
                 "server.head_timeout_ms",
                 "server.keepalive_timeout_secs",
+                "server.body_timeout_ms",
                 "server.max_header_bytes",
                 "server.max_headers",
                 "server.max_connections",
@@ -172,6 +181,6 @@ mod tests {
             ],
             "{errors:?}"
         );
-        assert!(errors[3].message.contains("1..=255"), "{errors:?}");
+        assert!(errors[4].message.contains("1..=255"), "{errors:?}");
     }
 }
