@@ -353,7 +353,8 @@ impl HttpApp for Gateway {
     ) -> Option<ReusedHttpStream> {
         match head.read(&mut session).await {
             Ok(true) => {}
-            // The client closed the connection between requests.
+            // No request: the client closed the connection between requests, its head came too
+            // late, or the service is stopping.
             Ok(false) => return None,
             Err(mut e) => {
                 e.as_down();
