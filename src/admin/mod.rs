@@ -17,14 +17,12 @@ use http::{Method, Response, StatusCode};
 use pingora::apps::ReusedHttpStream;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
-use pingora::server::ShutdownWatch;
 use serde_json::json;
 
 use crate::config::{HistoryEntry, PolicySource, PolicyStore, RollbackError};
 use crate::error::openai_error_body;
 use crate::guardrails::GuardrailRuntime;
-use crate::listener::{reuse, HeadWait, HttpApp};
-use crate::telemetry::log_limit::CLIENT_ERRORS;
+use crate::listener::{reuse, Head, HeadWait, HttpApp};
 
 /// Counters listed per budget or rate limit by `/admin/spend` (the largest first): the page
 /// stays bounded however many keys spend.
@@ -314,23 +312,11 @@ impl HttpApp for AdminApp {
         &self,
         mut session: ServerSession,
         head: HeadWait<'_>,
-        shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match head.read(&mut session).await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                // Rate-limited with pingora's own connection errors (`log_limit`).
-                tracing::warn!(
-                    target: CLIENT_ERRORS,
-                    "admin connection failed before its request head was read: {e}"
-                );
-                return None;
-            }
-        }
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
-        }
+        // A malformed head closes the connection without an answer, as pingora's server did.
+        let Head::Request = head.read(&mut session).await else {
+            return None;
+        };
         let (parts, body) = self.route(&mut session).await.into_parts();
         let mut head = ResponseHeader::from(parts);
         let sent = async {

@@ -26,10 +26,12 @@ use pingora::apps::{HttpPersistentSettings, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use pingora::ErrorType;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::PolicyStore;
+use crate::telemetry::log_limit::CLIENT_ERRORS;
 
 /// An HTTP/1 application behind a [`HardenedListener`] (the proxy's `Gateway`, the admin API).
 pub trait HttpApp: Send + Sync + 'static {
@@ -39,7 +41,6 @@ pub trait HttpApp: Send + Sync + 'static {
         &self,
         session: ServerSession,
         head: HeadWait<'_>,
-        shutdown: &ShutdownWatch,
     ) -> impl Future<Output = Option<ReusedHttpStream>> + Send;
 }
 
@@ -47,15 +48,26 @@ pub trait HttpApp: Send + Sync + 'static {
 pub struct HeadWait<'a> {
     deadline: Instant,
     stopping: &'a Stopping,
+    shutdown: &'a ShutdownWatch,
+}
+
+/// What [`HeadWait::read`] found.
+pub enum Head {
+    /// A request to serve (on a server shutting down, its connection closes after it).
+    Request,
+    /// Nothing to answer: the client closed the connection, its head was not complete by the
+    /// deadline (a client that cannot send a head in time would not read an answer either),
+    /// the service is stopping before a head arrived, or the connection broke (logged).
+    Closed,
+    /// pingora's parser refused the head, for this reason (without the raw head, which its
+    /// error text repeats, credentials and all).
+    Malformed(String),
 }
 
 impl HeadWait<'_> {
-    /// Reads `session`'s request head: `Ok(true)` when there is a request to serve, `Ok(false)`
-    /// when the connection is to close without an answer (the client closed it, the head was
-    /// not complete by the deadline, or the service is stopping before a head arrived; a client
-    /// that cannot send a head in time would not read an answer either).
-    pub async fn read(self, session: &mut ServerSession) -> pingora::Result<bool> {
-        tokio::select! {
+    /// Reads `session`'s request head.
+    pub async fn read(self, session: &mut ServerSession) -> Head {
+        let read = tokio::select! {
             // Biased: a request already buffered is served, not dropped, when shutdown begins.
             biased;
             head = session.read_request() => head,
@@ -63,6 +75,32 @@ impl HeadWait<'_> {
             () = tokio::time::sleep_until(self.deadline) => {
                 tracing::debug!("request head not received in time; connection closed");
                 Ok(false)
+            }
+        };
+        match read {
+            Ok(true) => {
+                if *self.shutdown.borrow() {
+                    session.set_keepalive(None);
+                }
+                Head::Request
+            }
+            Ok(false) => Head::Closed,
+            Err(e) if matches!(e.etype(), ErrorType::InvalidHTTPHeader) => {
+                // The parser's reason where there is one; without one, the context is pingora's
+                // explanation ("Request header larger than …").
+                Head::Malformed(match (&e.cause, &e.context) {
+                    (Some(cause), _) => cause.to_string(),
+                    (None, Some(context)) => context.to_string(),
+                    (None, None) => e.etype().as_str().to_owned(),
+                })
+            }
+            Err(e) => {
+                // Rate-limited with pingora's own connection errors (`log_limit`).
+                tracing::warn!(
+                    target: CLIENT_ERRORS,
+                    "client connection failed before its request head was read: {e}"
+                );
+                Head::Closed
             }
         }
     }
@@ -184,8 +222,9 @@ impl<A: HttpApp> ServerApp for HardenedListener<A> {
             let head = HeadWait {
                 deadline: Instant::now() + wait,
                 stopping: &self.stopping,
+                shutdown,
             };
-            let reused = self.app.serve_one(session, head, shutdown).await?;
+            let reused = self.app.serve_one(session, head).await?;
             let (stream, persistent) = reused.consume();
             session = http1(stream);
             if let Some(persistent) = persistent {

@@ -11,7 +11,6 @@ use http::{header, Method};
 use pingora::apps::ReusedHttpStream;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
-use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorSource, ErrorType};
 use rand::Rng;
 
@@ -24,14 +23,13 @@ use super::wire::Hit;
 use super::{observe, Failure};
 use crate::config::{PolicySnapshot, PolicyStore};
 use crate::error::GatewayError;
-use crate::listener::{check_head, head_bytes, reuse, HeadWait, HttpApp};
+use crate::listener::{check_head, head_bytes, reuse, Head, HeadWait, HttpApp};
 use crate::routing::tier::start_tier;
 use crate::routing::{
     candidates, choose_arm, match_route, plan_for, ArmChoice, Draws, Endpoint, RequestFacts,
     BUCKETS,
 };
 use crate::shadow::ShadowJob;
-use crate::telemetry::log_limit::CLIENT_ERRORS;
 use crate::telemetry::Outcome;
 use crate::upstream::{upstream_base, UpstreamPool};
 
@@ -349,40 +347,16 @@ impl HttpApp for Gateway {
         &self,
         mut session: ServerSession,
         head: HeadWait<'_>,
-        shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         match head.read(&mut session).await {
-            Ok(true) => {}
-            // No request: the client closed the connection between requests, its head came too
-            // late, or the service is stopping.
-            Ok(false) => return None,
-            Err(mut e) => {
-                e.as_down();
-                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    // The parser's reason. Where there is one, pingora's context repeats the
-                    // raw head (credentials and all): not sent back. Without one, the context
-                    // is pingora's explanation ("Request header larger than …").
-                    let why = match (&e.cause, &e.context) {
-                        (Some(cause), _) => cause.to_string(),
-                        (None, Some(context)) => context.to_string(),
-                        (None, None) => e.etype().as_str().to_owned(),
-                    };
-                    let e = GatewayError::MalformedHead(why);
-                    session.set_keepalive(None);
-                    let _ = write_error(&mut session, &e).await;
-                } else {
-                    // Rate-limited with pingora's own connection errors (`log_limit`).
-                    tracing::warn!(
-                        target: CLIENT_ERRORS,
-                        "client connection failed before its request head was read: {e}"
-                    );
-                }
+            Head::Request => {}
+            Head::Closed => return None,
+            Head::Malformed(why) => {
+                session.set_keepalive(None);
+                let _ = write_error(&mut session, &GatewayError::MalformedHead(why)).await;
                 session.shutdown().await;
                 return None;
             }
-        }
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
         }
         let mut ctx = RequestCtx::new();
         let reusable = match self.serve(&mut session, &mut ctx).await {
