@@ -71,6 +71,26 @@ fn read_one_response(s: &mut TcpStream) -> String {
     }
 }
 
+/// Sends `bytes` one at a time, `every` apart, until the gateway closes the connection: how many
+/// went out, and what it answered before closing (empty for a silent close), or "still open
+/// after the whole drip".
+fn drip(s: &mut TcpStream, bytes: &[u8], every: Duration) -> (usize, String) {
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let mut buf = [0u8; 1024];
+    for (sent, byte) in bytes.iter().enumerate() {
+        if s.write_all(&[*byte]).is_err() {
+            return (sent, String::new());
+        }
+        match s.read(&mut buf) {
+            Ok(n) => return (sent + 1, String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (sent + 1, String::new()),
+            Err(_) => {}
+        }
+        std::thread::sleep(every);
+    }
+    (bytes.len(), "still open after the whole drip".to_owned())
+}
+
 fn chat_request(extra_headers: &str) -> String {
     let body = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#;
     format!(
@@ -85,38 +105,11 @@ async fn a_head_dripped_byte_by_byte_is_cut_at_the_deadline() {
     let addr = gw.proxy_addr;
     let (elapsed, sent, reply) = tokio::task::spawn_blocking(move || {
         let mut s = connect(addr);
-        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         let head =
             chat_request("X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         let started = Instant::now();
-        let mut sent = 0;
-        for byte in head.as_bytes().iter().take(60) {
-            if s.write_all(&[*byte]).is_err() {
-                break;
-            }
-            sent += 1;
-            let mut buf = [0u8; 1024];
-            match s.read(&mut buf) {
-                Ok(0) => return (started.elapsed(), sent, String::new()),
-                Ok(n) => {
-                    return (
-                        started.elapsed(),
-                        sent,
-                        String::from_utf8_lossy(&buf[..n]).into_owned(),
-                    )
-                }
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                    return (started.elapsed(), sent, String::new())
-                }
-                Err(_) => {}
-            }
-            std::thread::sleep(Duration::from_millis(150));
-        }
-        (
-            started.elapsed(),
-            sent,
-            "still open after the whole drip".to_owned(),
-        )
+        let (sent, reply) = drip(&mut s, &head.as_bytes()[..60], Duration::from_millis(150));
+        (started.elapsed(), sent, reply)
     })
     .await
     .unwrap();
@@ -164,30 +157,12 @@ async fn a_head_dripped_late_on_a_kept_alive_connection_is_cut_at_the_keepalive_
         let first = read_one_response(&mut s);
         let answered = Instant::now();
         std::thread::sleep(Duration::from_millis(600));
-        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        for byte in chat_request("").as_bytes().iter().take(40) {
-            if s.write_all(&[*byte]).is_err() {
-                break;
-            }
-            let mut buf = [0u8; 1024];
-            match s.read(&mut buf) {
-                Ok(0) => return (first, answered.elapsed(), String::new()),
-                Ok(n) => {
-                    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    return (first, answered.elapsed(), reply);
-                }
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                    return (first, answered.elapsed(), String::new())
-                }
-                Err(_) => {}
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        (
-            first,
-            answered.elapsed(),
-            "still open after the whole drip".to_owned(),
-        )
+        let (_, reply) = drip(
+            &mut s,
+            &chat_request("").as_bytes()[..40],
+            Duration::from_millis(250),
+        );
+        (first, answered.elapsed(), reply)
     })
     .await
     .unwrap();
