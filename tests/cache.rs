@@ -221,6 +221,100 @@ async fn a_hit_keeps_a_pipelined_request_and_honours_connection_close() {
     );
 }
 
+/// A hit's request is read straight from the connection only when its head is plain; every
+/// other request on a caching route goes through pingora's session and is served as before:
+/// a body sent after its head, a chunked body, a query, an error answer on a kept connection,
+/// HTTP/1.0, a head over the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_are_not_plain_are_served_as_before() {
+    let (s, gw) = cached_gateway(|_| {}, "").await;
+    let c = client();
+    let body = greedy("not plain").to_string();
+    let first = post_json(&c, &chat_url(&gw), &greedy("not plain")).await;
+    assert_eq!(first.header("x-switchyard-cache"), "miss");
+
+    let head = |target: &str, version: &str, extra: &str, length: usize| {
+        format!(
+            "POST {target} {version}\r\nhost: gw\r\ncontent-type: application/json\r\n\
+             content-length: {length}\r\n{extra}\r\n"
+        )
+    };
+    let plain_head = head("/v1/chat/completions", "HTTP/1.1", "", body.len());
+    let chunked = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n\
+         {:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let query = head("/v1/chat/completions?trace=1", "HTTP/1.1", "", body.len()) + &body;
+    let unknown = greedy("x").to_string().replace("\"m\"", "\"nope\"");
+    let unknown = head("/v1/chat/completions", "HTTP/1.1", "", unknown.len()) + &unknown;
+    let old = head("/v1/chat/completions", "HTTP/1.0", "", body.len()) + &body;
+    let many = (0..101)
+        .map(|i| format!("x-f{i}: v\r\n"))
+        .collect::<String>();
+    let many = head("/v1/chat/completions", "HTTP/1.1", &many, body.len()) + &body;
+    let addr = gw.url().trim_start_matches("http://").to_owned();
+    let (answers, closed) = tokio::task::spawn_blocking(move || {
+        let connect = || {
+            let sock = std::net::TcpStream::connect(&addr).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            sock
+        };
+        let mut sock = connect();
+        let mut pending = Vec::new();
+        let mut answers = Vec::new();
+        // The head alone, and the body a moment later.
+        sock.write_all(plain_head.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        sock.write_all(body.as_bytes()).unwrap();
+        answers.push(read_answer(&mut sock, &mut pending));
+        for request in [&chunked, &query, &unknown, &old] {
+            sock.write_all(request.as_bytes()).unwrap();
+            answers.push(read_answer(&mut sock, &mut pending));
+        }
+        let closed = matches!(sock.read(&mut [0u8; 64]), Ok(0)) && pending.is_empty();
+        // A 431 closes its connection: on one of its own.
+        let mut sock = connect();
+        sock.write_all(many.as_bytes()).unwrap();
+        answers.push(read_answer(&mut sock, &mut Vec::new()));
+        (answers, closed)
+    })
+    .await
+    .unwrap();
+    let [late, chunked, query, unknown, old, many] = &answers[..] else {
+        panic!("six answers")
+    };
+    for (what, answer) in [("late body", late), ("chunked", chunked), ("query", query)] {
+        assert!(answer.0.starts_with("http/1.1 200"), "{what}: {}", answer.0);
+        assert!(
+            answer.0.contains("\r\nx-switchyard-cache: hit\r\n"),
+            "{what}: {}",
+            answer.0
+        );
+        assert_eq!(answer.1, first.body, "{what}");
+    }
+    assert!(unknown.0.starts_with("http/1.1 404"), "{}", unknown.0);
+    assert!(
+        String::from_utf8_lossy(&unknown.1).contains("model_not_found"),
+        "{:?}",
+        unknown.1
+    );
+    assert!(
+        old.0.contains("\r\nx-switchyard-cache: hit\r\n"),
+        "{}",
+        old.0
+    );
+    assert!(old.0.contains("\r\nconnection: close\r\n"), "{}", old.0);
+    assert!(closed, "an HTTP/1.0 request without keep-alive closes");
+    assert!(many.0.starts_with("http/1.1 431"), "{}", many.0);
+    assert_eq!(
+        s.requests_served(),
+        1,
+        "only the first request reached the backend"
+    );
+}
+
 /// Reads one `content-length` answer from `sock` (bytes past it stay in `pending`): its head
 /// in lowercase, and its body.
 fn read_answer(sock: &mut std::net::TcpStream, pending: &mut Vec<u8>) -> (String, Bytes) {

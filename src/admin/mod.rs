@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use http::{Method, Response, StatusCode};
-use pingora::apps::ReusedHttpStream;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
@@ -22,7 +21,7 @@ use serde_json::json;
 use crate::config::{HistoryEntry, PolicySource, PolicyStore, RollbackError};
 use crate::error::openai_error_body;
 use crate::guardrails::GuardrailRuntime;
-use crate::listener::{reuse, Head, HeadWait, HttpApp};
+use crate::listener::{Conn, Head, HeadWait, HttpApp};
 
 /// Counters listed per budget or rate limit by `/admin/spend` (the largest first): the page
 /// stays bounded however many keys spend.
@@ -308,11 +307,8 @@ impl AdminApp {
 
 impl HttpApp for AdminApp {
     /// One request: its head, the whole answer, and the connection back when it can be reused.
-    async fn serve_one(
-        &self,
-        mut session: ServerSession,
-        head: HeadWait<'_>,
-    ) -> Option<ReusedHttpStream> {
+    async fn serve_one(&self, conn: Conn, head: HeadWait<'_>) -> Option<Conn> {
+        let mut session = conn.session();
         // A malformed head closes the connection without an answer, as pingora's server did.
         let Head::Request = head.read(&mut session).await else {
             return None;
@@ -328,7 +324,7 @@ impl HttpApp for AdminApp {
             tracing::debug!(error = %e, "admin answer not delivered");
             return None;
         }
-        reuse(session).await
+        Conn::after(session).await
     }
 }
 

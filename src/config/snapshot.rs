@@ -120,6 +120,11 @@ impl PolicySnapshot {
         }
     }
 
+    /// Whether any route caches answers.
+    pub fn caches(&self) -> bool {
+        self.policy.routes.iter().any(|r| r.cache.is_some())
+    }
+
     /// The route serving `model` and its index.
     pub fn route_for_model(&self, model: &str) -> Option<(usize, &RouteSpec)> {
         self.model_index

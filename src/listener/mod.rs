@@ -5,14 +5,17 @@
 //! sends one byte every few seconds keeps its socket forever, and an HTTP/1.1 keep-alive
 //! connection waits for its next request without limit. Thousands of such clients exhaust the
 //! process's file descriptors. [`HardenedListener`] runs each connection's HTTP/1 loop itself
-//! and hands every request to its application ([`HttpApp`]) with a [`HeadWait`]: the
-//! application reads the head through it, against the deadline and the service's stop, and then
-//! serves the request undisturbed. pingora's own per-read timeout on heads is turned off, so a
-//! request waits on one timer, not two.
+//! and hands every request to its application ([`HttpApp`]) as the connection ([`Conn`]) and a
+//! [`HeadWait`]: the application reads the head through it, against the deadline and the
+//! service's stop (through pingora's session, or as a plain request straight from the
+//! connection's bytes), and then serves the request undisturbed. pingora's own per-read timeout
+//! on heads is turned off, so a request waits on one timer, not two.
 
+mod conn;
 mod head;
 mod limit;
 
+pub use conn::{Conn, Early, PlainRequest};
 pub use head::{check_head, head_bytes, HeadLimitExceeded};
 pub use limit::{proxy_connection_cap, raise_fd_limit, OpenConnections, FD_RESERVE};
 
@@ -22,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, ReusedHttpStream, ServerApp};
+use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
@@ -35,13 +38,13 @@ use crate::telemetry::log_limit::CLIENT_ERRORS;
 
 /// An HTTP/1 application behind a [`HardenedListener`] (the proxy's `Gateway`, the admin API).
 pub trait HttpApp: Send + Sync + 'static {
-    /// Serves one request of `session`, its head read through `head`; the connection back when
-    /// it can serve another request, `None` when it is done.
+    /// Serves one request of `conn`, its head read through `head`; the connection back when it
+    /// can serve another request, `None` when it is done.
     fn serve_one(
         &self,
-        session: ServerSession,
+        conn: Conn,
         head: HeadWait<'_>,
-    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send;
+    ) -> impl Future<Output = Option<Conn>> + Send;
 }
 
 /// The wait for one request's head: until its deadline, or the service's stop.
@@ -65,21 +68,34 @@ pub enum Head {
 }
 
 impl HeadWait<'_> {
-    /// Reads `session`'s request head.
-    pub async fn read(self, session: &mut ServerSession) -> Head {
-        let read = tokio::select! {
+    /// Whether the server is shutting down: the connection closes after this request.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// `read`'s output, unless the deadline passes or the service stops first.
+    async fn within<T>(&self, read: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
             // Biased: a request already buffered is served, not dropped, when shutdown begins.
             biased;
-            head = session.read_request() => head,
-            () = self.stopping.wait() => Ok(false),
+            read = read => Some(read),
+            () = self.stopping.wait() => None,
             () = tokio::time::sleep_until(self.deadline) => {
                 tracing::debug!("request head not received in time; connection closed");
-                Ok(false)
+                None
             }
-        };
+        }
+    }
+
+    /// Reads `session`'s request head.
+    pub async fn read(self, session: &mut ServerSession) -> Head {
+        let read = self
+            .within(session.read_request())
+            .await
+            .unwrap_or(Ok(false));
         match read {
             Ok(true) => {
-                if *self.shutdown.borrow() {
+                if self.shutting_down() {
                     session.set_keepalive(None);
                 }
                 Head::Request
@@ -95,22 +111,53 @@ impl HeadWait<'_> {
                 })
             }
             Err(e) => {
-                // Rate-limited with pingora's own connection errors (`log_limit`).
-                tracing::warn!(
-                    target: CLIENT_ERRORS,
-                    "client connection failed before its request head was read: {e}"
-                );
+                broken(&e);
                 Head::Closed
+            }
+        }
+    }
+
+    /// Reads from `conn` until it holds a whole head, and takes a plain request off it (see
+    /// [`conn`]'s notes), its head at most `max_head` bytes. [`Early::Other`] leaves every byte
+    /// read for pingora's session ([`Conn::session`]), which [`HeadWait::read`] then reads
+    /// against the same deadline.
+    pub async fn read_plain(&self, conn: &mut Conn, max_head: usize) -> Early {
+        use tokio::io::AsyncReadExt;
+        let mut spans = conn::Spans::default();
+        loop {
+            if !conn.pending.is_empty() {
+                match conn::parse(&conn.pending, max_head, &mut spans) {
+                    conn::Parsed::Plain(frame) => {
+                        return conn::take(&mut conn.pending, &frame, &spans)
+                            .map_or(Early::Other, Early::Plain)
+                    }
+                    conn::Parsed::Other => return Early::Other,
+                    conn::Parsed::Partial => {}
+                }
+            }
+            conn.pending.reserve(READ_SIZE);
+            match self.within(conn.stream.read_buf(&mut conn.pending)).await {
+                None | Some(Ok(0)) => return Early::Closed,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    broken(&e);
+                    return Early::Closed;
+                }
             }
         }
     }
 }
 
-/// Gives `session`'s connection back for the next request when it can serve one.
-pub async fn reuse(session: ServerSession) -> Option<ReusedHttpStream> {
-    let settings = HttpPersistentSettings::for_session(&session);
-    let reused = session.finish().await.ok().flatten()?;
-    Some(ReusedHttpStream::from_reusable_stream(reused, settings))
+/// How much room a read of a head asks for (pingora's first read asks as much).
+const READ_SIZE: usize = 4096;
+
+/// A connection that broke before its request head was read: rate-limited with pingora's own
+/// connection errors (`log_limit`).
+fn broken(e: &dyn std::fmt::Display) {
+    tracing::warn!(
+        target: CLIENT_ERRORS,
+        "client connection failed before its request head was read: {e}"
+    );
 }
 
 /// Set, and its waiters woken, when the service stops: connections idle between requests close.
@@ -166,18 +213,6 @@ impl<A> HardenedListener<A> {
     }
 }
 
-/// An HTTP/1 session on `stream`, with pipelining on: a client that sends its next request
-/// before it has read the answer is served in order (pingora's default closes the connection,
-/// losing that request), and an answer written straight onto the connection (a cache hit) can
-/// take it back through pingora's reuse with those bytes kept.
-fn http1(stream: Stream) -> ServerSession {
-    let mut session = ServerSession::new_http1(stream);
-    if let ServerSession::H1(h1) = &mut session {
-        h1.set_pipelining_enabled(true);
-    }
-    session
-}
-
 #[async_trait]
 impl<A: HttpApp> ServerApp for HardenedListener<A> {
     /// Called by pingora for every accepted connection: serves its HTTP/1 requests one after
@@ -205,31 +240,19 @@ impl<A: HttpApp> ServerApp for HardenedListener<A> {
                 return None;
             }
         };
-        let mut session = http1(stream);
+        let mut conn = Conn::of(stream, None);
         // A new connection's first head is due `head_timeout` after the accept; on a kept-alive
         // one the next head is due `keepalive` after the previous answer: the idle wait and the
         // head under one deadline.
         let mut wait = head_timeout;
         let keepalive = Duration::from_secs(keepalive_secs);
         loop {
-            // pingora's keep-alive timeout would put a second timer, per read, on the head:
-            // `Some(0)` keeps the connection reusable with none.
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            } else {
-                session.set_keepalive(Some(0));
-            }
             let head = HeadWait {
                 deadline: Instant::now() + wait,
                 stopping: &self.stopping,
                 shutdown,
             };
-            let reused = self.app.serve_one(session, head).await?;
-            let (stream, persistent) = reused.consume();
-            session = http1(stream);
-            if let Some(persistent) = persistent {
-                persistent.apply_to_session(&mut session);
-            }
+            conn = self.app.serve_one(conn, head).await?;
             wait = keepalive;
         }
     }

@@ -41,7 +41,7 @@ pub(super) fn request_facts(
         .map(Arc::new)
         .map_err(GatewayError::from)
     };
-    if !snapshot.policy.routes.iter().any(|r| r.cache.is_some()) {
+    if !snapshot.caches() {
         return Ok((parse()?, None));
     }
     let digest = BodyDigest::new(snapshot.version, endpoint, body);

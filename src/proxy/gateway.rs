@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{header, Method};
-use pingora::apps::ReusedHttpStream;
+use http::{header, HeaderMap, Method};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -23,7 +22,7 @@ use super::wire::Hit;
 use super::{observe, Failure};
 use crate::config::{PolicySnapshot, PolicyStore};
 use crate::error::GatewayError;
-use crate::listener::{check_head, head_bytes, reuse, Head, HeadWait, HttpApp};
+use crate::listener::{check_head, head_bytes, Conn, Early, Head, HeadWait, HttpApp, PlainRequest};
 use crate::routing::tier::start_tier;
 use crate::routing::{
     candidates, choose_arm, match_route, plan_for, ArmChoice, Draws, Endpoint, RequestFacts,
@@ -48,8 +47,9 @@ impl Gateway {
         }
     }
 
-    /// Serves one request to its end, but for a cache hit's answer, which the caller writes.
-    /// `Err(Respond)` means nothing was written yet and the caller must answer with the error.
+    /// Serves one request read through pingora's session to its end, but for a cache hit's
+    /// answer, which the caller writes. `Err(Respond)` means nothing was written yet and the
+    /// caller must answer with the error.
     async fn serve(
         &self,
         session: &mut ServerSession,
@@ -93,6 +93,116 @@ impl Gateway {
             return Err(method_not_allowed(session).into());
         }
         let body = read_body(session, limits.max_body_bytes, limits.body_timeout).await?;
+        let headers = &session.req_header().headers;
+        match self.decide(ctx, snapshot, endpoint, headers, body).await? {
+            Decided::Hit(hit) => Ok(Served::Hit(hit)),
+            // Boxed, so that the future every request moves into its connection's stays small
+            // (a hit's, of about a kilobyte, instead of several).
+            Decided::Upstream(routed) => Box::pin(self.upstream(session, ctx, routed)).await,
+        }
+    }
+
+    /// A plain request read straight from the connection (`listener::Conn`): answered here when
+    /// it is a cache hit, else handed to pingora's session with what was decided for it.
+    /// Anything [`Gateway::serve`] would refuse or answer before its body goes to the session
+    /// undecided, to be served as if it had been read there.
+    async fn serve_plain(
+        &self,
+        conn: Conn,
+        request: PlainRequest,
+        head: HeadWait<'_>,
+    ) -> Option<Conn> {
+        let snapshot = self.store.current();
+        let limits = &snapshot.policy.server;
+        let endpoint = Endpoint::from_path(request.path()).filter(|_| {
+            request.method == Method::POST
+                && request.body().len() <= limits.max_body_bytes
+                && check_head(
+                    request.headers.len(),
+                    head_bytes(
+                        request.method.as_str(),
+                        request.path().as_bytes(),
+                        &request.headers,
+                    ),
+                    limits.max_headers,
+                    limits.max_header_bytes,
+                )
+                .is_ok()
+        });
+        let Some(endpoint) = endpoint else {
+            return self.serve_session(conn.resume(request), head).await;
+        };
+        let mut ctx = RequestCtx::new();
+        ctx.snapshot = Some(snapshot.clone());
+        let decided = self
+            .decide(
+                &mut ctx,
+                snapshot,
+                endpoint,
+                &request.headers,
+                request.body(),
+            )
+            .await;
+        let routed = match decided {
+            Ok(Decided::Hit(hit)) => {
+                let keepalive = !request.close && !head.shutting_down();
+                let reused = hit.write(conn, keepalive).await.unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "client left before its answer was complete");
+                    ctx.record.outcome = Outcome::ClientAbort;
+                    None
+                });
+                self.end(&mut ctx);
+                return reused;
+            }
+            Ok(Decided::Upstream(routed)) => Ok(routed),
+            Err(failure) => Err(failure),
+        };
+        // pingora's session takes the request over: it parses the bytes again and reads the
+        // body (already here) past, so that its framing and keep-alive are its own.
+        let mut session = conn.resume(request);
+        let resumed = match head.read(&mut session).await {
+            Head::Request => drain_body(&mut session).await,
+            Head::Closed | Head::Malformed(_) => false,
+        };
+        if !resumed {
+            // Cannot happen for what `read_plain` takes: ended as a request gone wrong.
+            ctx.record.outcome = Outcome::Rejected;
+            self.end(&mut ctx);
+            return None;
+        }
+        let served = match routed {
+            Ok(routed) => Box::pin(self.upstream(&mut session, &mut ctx, routed)).await,
+            Err(failure) => Err(failure),
+        };
+        self.finish(session, ctx, served).await
+    }
+
+    /// A request read through pingora's session, from its head on.
+    async fn serve_session(&self, mut session: ServerSession, head: HeadWait<'_>) -> Option<Conn> {
+        match head.read(&mut session).await {
+            Head::Request => {}
+            Head::Closed => return None,
+            Head::Malformed(why) => {
+                session.set_keepalive(None);
+                let _ = write_error(&mut session, &GatewayError::MalformedHead(why)).await;
+                session.shutdown().await;
+                return None;
+            }
+        }
+        let mut ctx = RequestCtx::new();
+        let served = self.serve(&mut session, &mut ctx).await;
+        self.finish(session, ctx, served).await
+    }
+
+    /// What a POST to `endpoint` gets, from its body on: admission, the arm, and the cache step.
+    async fn decide(
+        &self,
+        ctx: &mut RequestCtx,
+        snapshot: Arc<PolicySnapshot>,
+        endpoint: Endpoint,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Decided, Failure> {
         let (facts, digest) = cache::request_facts(self.store.cache(), &snapshot, endpoint, &body)?;
         ctx.record.endpoint = Some(endpoint);
         ctx.record.stream = facts.stream;
@@ -100,7 +210,6 @@ impl Gateway {
         let route_index = match_route(&snapshot, &facts).map_err(GatewayError::from)?;
         ctx.record.route = Some(route_index);
         let route = &snapshot.policy.routes[route_index];
-        let headers = &session.req_header().headers;
         // Budgets and rate limits, before anything is spent on the request (local counters;
         // Redis only for a key this process has not seen in the window).
         let admitted = self
@@ -147,11 +256,9 @@ impl Gateway {
             cache::before_upstream(self.store.cache(), ctx, &snapshot, route_index, cache_plan)
                 .await?
         {
-            return Ok(Served::Hit(hit));
+            return Ok(Decided::Hit(hit));
         }
-        // Past here only misses: boxed, so that the future every request moves into its
-        // connection's stays small (a hit's, of about a kilobyte, instead of several).
-        let routed = Routed {
+        Ok(Decided::Upstream(Routed {
             snapshot,
             route: route_index,
             choice,
@@ -159,8 +266,7 @@ impl Gateway {
             body,
             downgrade,
             draws,
-        };
-        Box::pin(self.upstream(session, ctx, routed)).await
+        }))
     }
 
     /// The upstream exchange of a request routed to `routed`'s arm, and its relay.
@@ -266,6 +372,38 @@ impl Gateway {
         ctx.record.latency = ctx.record.started.elapsed();
         observe::request_ended(ctx, self.store.metrics(), self.store.spend());
     }
+
+    /// Ends a request served through `session`: answers its error if it failed, hands its
+    /// record on, and gives the connection back when it can serve another request.
+    async fn finish(
+        &self,
+        mut session: ServerSession,
+        mut ctx: RequestCtx,
+        served: Result<Served, Failure>,
+    ) -> Option<Conn> {
+        let reusable = match served {
+            Ok(Served::Written) => true,
+            Ok(Served::Hit(hit)) => {
+                let reused = hit.send(session).await.unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "client left before its answer was complete");
+                    ctx.record.outcome = Outcome::ClientAbort;
+                    None
+                });
+                self.end(&mut ctx);
+                return reused;
+            }
+            Err(Failure::Respond(e)) => refuse(&mut session, &mut ctx, &e).await,
+            Err(Failure::Abort(e)) => {
+                abort(&mut session, &e).await;
+                false
+            }
+        };
+        self.end(&mut ctx);
+        if !reusable {
+            return None;
+        }
+        Conn::after(session).await
+    }
 }
 
 /// What a request takes to its upstream exchange, decided before the cache step.
@@ -277,6 +415,14 @@ struct Routed {
     body: Bytes,
     downgrade: bool,
     draws: Draws,
+}
+
+/// What `decide` found for a request.
+enum Decided {
+    /// Answered from the cache.
+    Hit(Hit),
+    /// To its arm's backends.
+    Upstream(Routed),
 }
 
 /// How `serve` left a request.
@@ -342,45 +488,33 @@ async fn write_error(session: &mut ServerSession, e: &GatewayError) -> pingora::
 
 impl HttpApp for Gateway {
     /// One request of a downstream HTTP/1 connection: its head, the whole answer, its record,
-    /// and the connection back for the next request when it can be reused.
-    async fn serve_one(
-        &self,
-        mut session: ServerSession,
-        head: HeadWait<'_>,
-    ) -> Option<ReusedHttpStream> {
-        match head.read(&mut session).await {
-            Head::Request => {}
-            Head::Closed => return None,
-            Head::Malformed(why) => {
-                session.set_keepalive(None);
-                let _ = write_error(&mut session, &GatewayError::MalformedHead(why)).await;
-                session.shutdown().await;
-                return None;
-            }
-        }
-        let mut ctx = RequestCtx::new();
-        let reusable = match self.serve(&mut session, &mut ctx).await {
-            Ok(Served::Written) => true,
-            Ok(Served::Hit(hit)) => {
-                let reused = hit.send(session).await.unwrap_or_else(|e| {
-                    tracing::debug!(error = %e, "client left before its answer was complete");
-                    ctx.record.outcome = Outcome::ClientAbort;
-                    None
-                });
-                self.end(&mut ctx);
-                return reused;
-            }
-            Err(Failure::Respond(e)) => refuse(&mut session, &mut ctx, &e).await,
-            Err(Failure::Abort(e)) => {
-                abort(&mut session, &e).await;
-                false
-            }
+    /// and the connection back for the next request when it can be reused. Where any route
+    /// caches, a plain request is read straight from the connection, so that a hit costs no
+    /// more than it must.
+    async fn serve_one(&self, mut conn: Conn, head: HeadWait<'_>) -> Option<Conn> {
+        let (caches, max_head) = {
+            let snapshot = self.store.current();
+            (snapshot.caches(), snapshot.policy.server.max_header_bytes)
         };
-        self.end(&mut ctx);
-        if !reusable {
-            return None;
+        if caches {
+            match head.read_plain(&mut conn, max_head).await {
+                Early::Plain(request) => return self.serve_plain(conn, request, head).await,
+                Early::Other => {}
+                Early::Closed => return None,
+            }
         }
-        reuse(session).await
+        self.serve_session(conn.session(), head).await
+    }
+}
+
+/// Reads a request body that is already buffered past; false when the session cannot.
+async fn drain_body(session: &mut ServerSession) -> bool {
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
     }
 }
 

@@ -7,17 +7,18 @@
 //! (`benches/findings.md`). Here the entry's part of the head is kept beside it in wire form,
 //! this hit's lines are appended, and head and body leave in one write.
 //!
-//! The request itself was read whole through pingora's session. Before anything is written the
-//! session hands its connection back through pingora's own reuse, which decides keep-alive and
-//! keeps the bytes of a pipelined next request for the next session.
+//! The request was read whole, either as a plain request straight from the connection's bytes
+//! (`listener::Conn`), or through pingora's session, which then hands its connection back
+//! through pingora's own reuse before anything is written: it decides keep-alive and keeps the
+//! bytes of a pipelined next request for the next session.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName};
-use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::protocols::http::date::get_cached_date;
 use pingora::protocols::http::ServerSession;
 use pingora::{Error, ErrorType, OrErr};
-use tokio::io::AsyncWriteExt;
+
+use crate::listener::Conn;
 
 /// A hit's answer, ready but for the connection-dependent lines.
 pub(super) struct Hit {
@@ -78,10 +79,10 @@ impl Hit {
         head
     }
 
-    /// Writes the answer and gives the connection back for the next request when it can serve
-    /// one (`Ok(None)`: it was closed, as the request or the shutdown asked).
-    pub async fn send(self, session: ServerSession) -> pingora::Result<Option<ReusedHttpStream>> {
-        let mut settings = HttpPersistentSettings::for_session(&session);
+    /// Writes the answer for a request read through pingora's session, and gives the
+    /// connection back for the next request when it can serve one (`Ok(None)`: it was closed,
+    /// as the request or the shutdown asked).
+    pub async fn send(self, session: ServerSession) -> pingora::Result<Option<Conn>> {
         let ServerSession::H1(mut h1) = session else {
             return Error::e_explain(
                 ErrorType::InternalError,
@@ -91,40 +92,37 @@ impl Hit {
         // With pipelining on, pingora's reuse keeps the bytes read past this request (the start
         // of the next one) instead of refusing the connection.
         let keepalive = h1.is_body_done() && h1.will_keepalive() && h1.pipelining_enabled();
-        let wire = self.into_wire(keepalive);
-        if !keepalive {
-            let mut stream = h1.into_inner();
-            write_all(&mut stream, &wire).await?;
-            let _ = stream.shutdown().await;
-            return Ok(None);
-        }
-        let Some(reusable) = h1.reuse().await? else {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                "a kept-alive session not reusable",
-            );
+        let conn = if keepalive {
+            let Some(reusable) = h1.reuse().await? else {
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "a kept-alive session not reusable",
+                );
+            };
+            let (stream, pending) = reusable.into_parts();
+            Conn::of(stream, pending)
+        } else {
+            Conn::of(h1.into_inner(), None)
         };
-        let (mut stream, pipelined) = reusable.into_parts();
-        write_all(&mut stream, &wire).await?;
-        if let Some(prefix) = pipelined {
-            settings.set_pipelined_prefix(prefix);
-        }
-        Ok(Some(ReusedHttpStream::new(stream, Some(settings))))
+        self.write(conn, keepalive).await
     }
-}
 
-async fn write_all(stream: &mut pingora::protocols::Stream, wire: &[u8]) -> pingora::Result<()> {
-    let written = async {
-        stream.write_all(wire).await?;
-        stream.flush().await
-    };
-    written
-        .await
-        .or_err(ErrorType::WriteError, "writing a cache hit")
-        .map_err(|mut e| {
-            e.as_down();
-            e
-        })
+    /// Writes the answer on `conn`: the connection back when `keepalive`, else closed.
+    pub async fn write(self, mut conn: Conn, keepalive: bool) -> pingora::Result<Option<Conn>> {
+        let wire = self.into_wire(keepalive);
+        conn.write_all(&wire)
+            .await
+            .or_err(ErrorType::WriteError, "writing a cache hit")
+            .map_err(|mut e| {
+                e.as_down();
+                e
+            })?;
+        if keepalive {
+            return Ok(Some(conn));
+        }
+        conn.close().await;
+        Ok(None)
+    }
 }
 
 const STATUS: &[u8] = b"HTTP/1.1 200 OK\r\n";
