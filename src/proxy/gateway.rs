@@ -146,13 +146,7 @@ impl Gateway {
         let routed = match decided {
             Ok(Decided::Hit(hit)) => {
                 let keepalive = !request.close && !head.shutting_down();
-                let reused = hit.write(conn, keepalive).await.unwrap_or_else(|e| {
-                    tracing::debug!(error = %e, "client left before its answer was complete");
-                    ctx.record.outcome = Outcome::ClientAbort;
-                    None
-                });
-                self.end(&mut ctx);
-                return reused;
+                return self.hit_sent(ctx, hit.write(conn, keepalive).await);
             }
             Ok(Decided::Upstream(routed)) => Ok(routed),
             Err(failure) => Err(failure),
@@ -373,6 +367,17 @@ impl Gateway {
         observe::request_ended(ctx, self.store.metrics(), self.store.spend());
     }
 
+    /// Ends a request answered from the cache: the connection back when it can serve another.
+    fn hit_sent(&self, mut ctx: RequestCtx, sent: pingora::Result<Option<Conn>>) -> Option<Conn> {
+        let reused = sent.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "client left before its answer was complete");
+            ctx.record.outcome = Outcome::ClientAbort;
+            None
+        });
+        self.end(&mut ctx);
+        reused
+    }
+
     /// Ends a request served through `session`: answers its error if it failed, hands its
     /// record on, and gives the connection back when it can serve another request.
     async fn finish(
@@ -383,15 +388,7 @@ impl Gateway {
     ) -> Option<Conn> {
         let reusable = match served {
             Ok(Served::Written) => true,
-            Ok(Served::Hit(hit)) => {
-                let reused = hit.send(session).await.unwrap_or_else(|e| {
-                    tracing::debug!(error = %e, "client left before its answer was complete");
-                    ctx.record.outcome = Outcome::ClientAbort;
-                    None
-                });
-                self.end(&mut ctx);
-                return reused;
-            }
+            Ok(Served::Hit(hit)) => return self.hit_sent(ctx, hit.send(session).await),
             Err(Failure::Respond(e)) => refuse(&mut session, &mut ctx, &e).await,
             Err(Failure::Abort(e)) => {
                 abort(&mut session, &e).await;
