@@ -184,31 +184,11 @@ async fn a_hit_keeps_a_pipelined_request_and_honours_connection_close() {
     .await
     .unwrap();
     let [hit, behind, last] = answers;
-    assert!(hit.0.starts_with("http/1.1 200"), "{}", hit.0);
-    assert!(
-        hit.0.contains("\r\nx-switchyard-cache: hit\r\n"),
-        "{}",
-        hit.0
-    );
-    assert!(
-        hit.0.contains("\r\nconnection: keep-alive\r\n"),
-        "{}",
-        hit.0
-    );
+    assert_answer(&hit, "hit", "keep-alive");
     assert_eq!(hit.1, first.body);
-    assert!(behind.0.starts_with("http/1.1 200"), "{}", behind.0);
-    assert!(
-        behind.0.contains("\r\nx-switchyard-cache: miss\r\n"),
-        "{}",
-        behind.0
-    );
+    assert_answer(&behind, "miss", "keep-alive");
     assert_ne!(behind.1, first.body, "the pipelined request's own answer");
-    assert!(
-        last.0.contains("\r\nx-switchyard-cache: hit\r\n"),
-        "{}",
-        last.0
-    );
-    assert!(last.0.contains("\r\nconnection: close\r\n"), "{}", last.0);
+    assert_answer(&last, "hit", "close");
     assert_eq!(last.1, first.body);
     assert!(
         closed,
@@ -286,12 +266,7 @@ async fn requests_that_are_not_plain_are_served_as_before() {
         panic!("six answers")
     };
     for (what, answer) in [("late body", late), ("chunked", chunked), ("query", query)] {
-        assert!(answer.0.starts_with("http/1.1 200"), "{what}: {}", answer.0);
-        assert!(
-            answer.0.contains("\r\nx-switchyard-cache: hit\r\n"),
-            "{what}: {}",
-            answer.0
-        );
+        assert_answer(answer, "hit", "keep-alive");
         assert_eq!(answer.1, first.body, "{what}");
     }
     assert!(unknown.0.starts_with("http/1.1 404"), "{}", unknown.0);
@@ -300,18 +275,28 @@ async fn requests_that_are_not_plain_are_served_as_before() {
         "{:?}",
         unknown.1
     );
-    assert!(
-        old.0.contains("\r\nx-switchyard-cache: hit\r\n"),
-        "{}",
-        old.0
-    );
-    assert!(old.0.contains("\r\nconnection: close\r\n"), "{}", old.0);
+    assert_answer(old, "hit", "close");
     assert!(closed, "an HTTP/1.0 request without keep-alive closes");
     assert!(many.0.starts_with("http/1.1 431"), "{}", many.0);
     assert_eq!(
         s.requests_served(),
         1,
         "only the first request reached the backend"
+    );
+}
+
+/// `answer` (from [`read_answer`]) is a 200 whose `x-switchyard-cache` is `cache` and whose
+/// `connection` is `connection`.
+fn assert_answer(answer: &(String, Bytes), cache: &str, connection: &str) {
+    let head = &answer.0;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("\r\nx-switchyard-cache: {cache}\r\n")),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("\r\nconnection: {connection}\r\n")),
+        "{head}"
     );
 }
 
