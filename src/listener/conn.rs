@@ -273,6 +273,7 @@ fn restore(pending: &mut BytesMut, taken: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn parsed(text: &str) -> Parsed {
         parse(text.as_bytes(), 1024, &mut Spans::default())
@@ -363,6 +364,33 @@ mod tests {
         ];
         for (what, text) in cases {
             assert_eq!(parsed(&text), Parsed::Other, "{what}");
+        }
+    }
+
+    proptest! {
+        /// Damaged and cut requests: no panic, and a request taken is exactly its bytes.
+        #[test]
+        fn damaged_requests_never_panic_and_take_what_they_frame(
+            edits in proptest::collection::vec((0usize..200, any::<u8>()), 0..6),
+            cut in 0usize..200,
+        ) {
+            let mut bytes = (head("connection: keep-alive\r\n") + "GET /").into_bytes();
+            let len = bytes.len();
+            for (at, byte) in edits {
+                bytes[at % len] = byte;
+            }
+            bytes.truncate(cut.max(1).min(len));
+            let mut spans = Spans::default();
+            if let Parsed::Plain(frame) = parse(&bytes, 1024, &mut spans) {
+                let mut pending = BytesMut::from(&bytes[..]);
+                let request = take(&mut pending, &frame, &spans);
+                let taken = request.as_ref().map_or(0, |r| r.bytes.len());
+                prop_assert_eq!(taken + pending.len(), bytes.len());
+                if let Some(request) = request {
+                    prop_assert!(request.path().starts_with('/'));
+                    prop_assert_eq!(request.body().len(), frame.len - frame.head_len);
+                }
+            }
         }
     }
 }
