@@ -12,11 +12,18 @@ use common::*;
 use switchyard::server::RunningGateway;
 use switchyard::sim::SimServer;
 
-async fn gateway_with_sim(server_extra: &str) -> (SimServer, RunningGateway) {
+/// Both ways the proxy reads a request: through pingora's session alone (no route caches), and
+/// first as a plain request (a route caches), which hands everything unusual to pingora's
+/// session. The defences below must hold for both.
+const READERS: [&str; 2] = ["", "  [routes.cache]\n  ttl_s = 60\n"];
+
+/// A sim and a gateway routing to it; `route_extra` ends the route (one of [`READERS`]).
+async fn gateway_with_sim(server_extra: &str, route_extra: &str) -> (SimServer, RunningGateway) {
     let sim = sim("s1", &["llama"], |_| {}).await;
     let policy = server_section(server_extra)
         + &backend("b1", &sim.url(), "")
-        + &route("chat", &["llama"], "none", &[("champion", &["b1"], 100.0)]);
+        + &route("chat", &["llama"], "none", &[("champion", &["b1"], 100.0)])
+        + route_extra;
     let gw = start_gateway(&policy);
     (sim, gw)
 }
@@ -101,29 +108,32 @@ fn chat_request(extra_headers: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_dripped_byte_by_byte_is_cut_at_the_deadline() {
-    let (sim, gw) = gateway_with_sim("head_timeout_ms = 1000").await;
-    let addr = gw.proxy_addr;
-    let (elapsed, sent, reply) = tokio::task::spawn_blocking(move || {
-        let mut s = connect(addr);
-        let head =
-            chat_request("X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
-        let started = Instant::now();
-        let (sent, reply) = drip(&mut s, &head.as_bytes()[..60], Duration::from_millis(150));
-        (started.elapsed(), sent, reply)
-    })
-    .await
-    .unwrap();
-    assert!(reply.is_empty(), "expected a silent close, got {reply:?}");
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(6),
-        "cut after {elapsed:?} ({sent} bytes sent); the deadline is 1 s"
-    );
-    assert_eq!(sim.requests_served(), 0);
+    for reader in READERS {
+        let (sim, gw) = gateway_with_sim("head_timeout_ms = 1000", reader).await;
+        let addr = gw.proxy_addr;
+        let (elapsed, sent, reply) = tokio::task::spawn_blocking(move || {
+            let mut s = connect(addr);
+            let head = chat_request(
+                "X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+            );
+            let started = Instant::now();
+            let (sent, reply) = drip(&mut s, &head.as_bytes()[..60], Duration::from_millis(150));
+            (started.elapsed(), sent, reply)
+        })
+        .await
+        .unwrap();
+        assert!(reply.is_empty(), "expected a silent close, got {reply:?}");
+        assert!(
+            elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(6),
+            "cut after {elapsed:?} ({sent} bytes sent); the deadline is 1 s"
+        );
+        assert_eq!(sim.requests_served(), 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keepalive_connection_is_closed() {
-    let (_sim, gw) = gateway_with_sim("keepalive_timeout_secs = 1").await;
+    let (_sim, gw) = gateway_with_sim("keepalive_timeout_secs = 1", "").await;
     let addr = gw.proxy_addr;
     let (first, idle_for, rest) = tokio::task::spawn_blocking(move || {
         let mut s = connect(addr);
@@ -149,35 +159,38 @@ async fn an_idle_keepalive_connection_is_closed() {
 /// starting over at its first byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_dripped_late_on_a_kept_alive_connection_is_cut_at_the_keepalive_timeout() {
-    let (sim, gw) = gateway_with_sim("head_timeout_ms = 5000\nkeepalive_timeout_secs = 1").await;
-    let addr = gw.proxy_addr;
-    let (first, since_answer, reply) = tokio::task::spawn_blocking(move || {
-        let mut s = connect(addr);
-        s.write_all(chat_request("").as_bytes()).unwrap();
-        let first = read_one_response(&mut s);
-        let answered = Instant::now();
-        std::thread::sleep(Duration::from_millis(600));
-        let (_, reply) = drip(
-            &mut s,
-            &chat_request("").as_bytes()[..40],
-            Duration::from_millis(250),
+    for reader in READERS {
+        let (sim, gw) =
+            gateway_with_sim("head_timeout_ms = 5000\nkeepalive_timeout_secs = 1", reader).await;
+        let addr = gw.proxy_addr;
+        let (first, since_answer, reply) = tokio::task::spawn_blocking(move || {
+            let mut s = connect(addr);
+            s.write_all(chat_request("").as_bytes()).unwrap();
+            let first = read_one_response(&mut s);
+            let answered = Instant::now();
+            std::thread::sleep(Duration::from_millis(600));
+            let (_, reply) = drip(
+                &mut s,
+                &chat_request("").as_bytes()[..40],
+                Duration::from_millis(250),
+            );
+            (first, answered.elapsed(), reply)
+        })
+        .await
+        .unwrap();
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(reply.is_empty(), "expected a silent close, got {reply:?}");
+        assert!(
+            since_answer >= Duration::from_millis(900) && since_answer < Duration::from_secs(4),
+            "closed {since_answer:?} after the answer; the keep-alive timeout is 1 s"
         );
-        (first, answered.elapsed(), reply)
-    })
-    .await
-    .unwrap();
-    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    assert!(reply.is_empty(), "expected a silent close, got {reply:?}");
-    assert!(
-        since_answer >= Duration::from_millis(900) && since_answer < Duration::from_secs(4),
-        "closed {since_answer:?} after the answer; the keep-alive timeout is 1 s"
-    );
-    assert_eq!(sim.requests_served(), 1);
+        assert_eq!(sim.requests_served(), 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keepalive_connection_in_use_is_served_past_the_deadlines() {
-    let (sim, gw) = gateway_with_sim("head_timeout_ms = 500\nkeepalive_timeout_secs = 2").await;
+    let (sim, gw) = gateway_with_sim("head_timeout_ms = 500\nkeepalive_timeout_secs = 2", "").await;
     let addr = gw.proxy_addr;
     let replies = tokio::task::spawn_blocking(move || {
         let mut s = connect(addr);
@@ -202,115 +215,132 @@ async fn a_keepalive_connection_in_use_is_served_past_the_deadlines() {
 /// connection is closed (what was left unread cannot be told from the next request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_gets_408_at_the_body_timeout() {
-    let (sim, gw) = gateway_with_sim("body_timeout_ms = 500").await;
-    let addr = gw.proxy_addr;
-    let (elapsed, reply) = tokio::task::spawn_blocking(move || {
-        let mut s = connect(addr);
-        let full = chat_request("");
-        // The head and the first 10 bytes of the body, then nothing.
-        let cut = full.find("\r\n\r\n").unwrap() + 4 + 10;
-        s.write_all(&full.as_bytes()[..cut]).unwrap();
-        let started = Instant::now();
-        let reply = read_to_close(&mut s);
-        (started.elapsed(), reply)
-    })
-    .await
-    .unwrap();
-    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
-    assert!(reply.contains("\"code\":\"body_timeout\""), "{reply}");
-    assert!(
-        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(5),
-        "answered after {elapsed:?}; the body timeout is 500 ms"
-    );
-    assert_eq!(sim.requests_served(), 0);
+    for reader in READERS {
+        let (sim, gw) = gateway_with_sim("body_timeout_ms = 500", reader).await;
+        let addr = gw.proxy_addr;
+        let (elapsed, reply) = tokio::task::spawn_blocking(move || {
+            let mut s = connect(addr);
+            let full = chat_request("");
+            // The head and the first 10 bytes of the body, then nothing.
+            let cut = full.find("\r\n\r\n").unwrap() + 4 + 10;
+            s.write_all(&full.as_bytes()[..cut]).unwrap();
+            let started = Instant::now();
+            let reply = read_to_close(&mut s);
+            (started.elapsed(), reply)
+        })
+        .await
+        .unwrap();
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(reply.contains("\"code\":\"body_timeout\""), "{reply}");
+        assert!(
+            elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(5),
+            "answered after {elapsed:?}; the body timeout is 500 ms"
+        );
+        assert_eq!(sim.requests_served(), 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_or_too_large_headers_get_431_and_reach_no_backend() {
-    let (sim, gw) = gateway_with_sim("max_headers = 50\nmax_header_bytes = 8192").await;
-    let addr = gw.proxy_addr;
-    let many: String = (0..60).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let big = format!("X-Big: {}\r\n", "a".repeat(100 * 1024));
-    for (what, extra) in [("60 headers", many), ("a 100 KiB header", big)] {
-        let body = one_refusal_then_closed(addr, chat_request(&extra), "HTTP/1.1 431", what).await;
-        assert_eq!(
-            body["error"]["code"], "request_header_fields_too_large",
-            "{what}: {body}"
-        );
-        assert_eq!(body["error"]["type"], "invalid_request_error");
+    for reader in READERS {
+        let (sim, gw) = gateway_with_sim("max_headers = 20\nmax_header_bytes = 8192", reader).await;
+        let addr = gw.proxy_addr;
+        let fields = |n: usize| (0..n).map(|i| format!("X-H{i}: v\r\n")).collect::<String>();
+        let big = |kib: usize| format!("X-Big: {}\r\n", "a".repeat(kib * 1024));
+        // 25 fields: few enough to be read as a plain request, too many for the policy.
+        let cases = [
+            ("25 headers", fields(25)),
+            ("60 headers", fields(60)),
+            ("a 9 KiB header", big(9)),
+            ("a 100 KiB header", big(100)),
+        ];
+        for (what, extra) in cases {
+            let body =
+                one_refusal_then_closed(addr, chat_request(&extra), "HTTP/1.1 431", what).await;
+            assert_eq!(
+                body["error"]["code"], "request_header_fields_too_large",
+                "{what}: {body}"
+            );
+            assert_eq!(body["error"]["type"], "invalid_request_error");
+        }
+        assert_eq!(sim.requests_served(), 0);
+        // Within the limits the same gateway serves.
+        let ok = tokio::task::spawn_blocking(move || {
+            let mut s = connect(addr);
+            s.write_all(chat_request("X-A: b\r\n").as_bytes()).unwrap();
+            read_one_response(&mut s)
+        })
+        .await
+        .unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     }
-    assert_eq!(sim.requests_served(), 0);
-    // Within the limits the same gateway serves.
-    let ok = tokio::task::spawn_blocking(move || {
-        let mut s = connect(addr);
-        s.write_all(chat_request("X-A: b\r\n").as_bytes()).unwrap();
-        read_one_response(&mut s)
-    })
-    .await
-    .unwrap();
-    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_framing_error_closes_the_connection() {
-    let (sim, gw) = gateway_with_sim("").await;
-    let addr = gw.proxy_addr;
-    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
-    let cases = [
-        (
-            "chunk size overflow",
-            format!("{head}FFFFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n"),
-        ),
-        ("bare-LF chunk lines", format!("{head}3\nabc\n0\n\n")),
-        (
-            "chunk longer than its size",
-            format!("{head}2\r\nabcdef\r\n0\r\n\r\n"),
-        ),
-    ];
-    for (what, request) in cases {
-        let body = one_refusal_then_closed(addr, request, "HTTP/1.1 400", what).await;
-        assert!(body["error"]["code"].is_string(), "{what}: {body}");
+    for reader in READERS {
+        let (sim, gw) = gateway_with_sim("", reader).await;
+        let addr = gw.proxy_addr;
+        let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let cases = [
+            (
+                "chunk size overflow",
+                format!("{head}FFFFFFFFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n"),
+            ),
+            ("bare-LF chunk lines", format!("{head}3\nabc\n0\n\n")),
+            (
+                "chunk longer than its size",
+                format!("{head}2\r\nabcdef\r\n0\r\n\r\n"),
+            ),
+        ];
+        for (what, request) in cases {
+            let body = one_refusal_then_closed(addr, request, "HTTP/1.1 400", what).await;
+            assert!(body["error"]["code"].is_string(), "{what}: {body}");
+        }
+        assert_eq!(sim.requests_served(), 0);
     }
-    assert_eq!(sim.requests_served(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_head_or_a_tunnel_gets_an_openai_error_and_the_connection_closes() {
-    let (sim, gw) = gateway_with_sim("").await;
-    let addr = gw.proxy_addr;
-    let cases = [
-        (
-            "a header line without a colon",
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nno colon here\r\n\r\n".to_owned(),
-            "HTTP/1.1 400",
-            "invalid_request_head",
-        ),
-        (
-            "more headers than pingora's parser holds",
-            chat_request(
-                &(0..300)
-                    .map(|i| format!("X-H{i}: v\r\n"))
-                    .collect::<String>(),
+    for reader in READERS {
+        let (sim, gw) = gateway_with_sim("", reader).await;
+        let addr = gw.proxy_addr;
+        let cases = [
+            (
+                "a header line without a colon",
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nno colon here\r\n\r\n"
+                    .to_owned(),
+                "HTTP/1.1 400",
+                "invalid_request_head",
             ),
-            "HTTP/1.1 400",
-            "invalid_request_head",
-        ),
-        (
-            "CONNECT",
-            "CONNECT backend.internal:443 HTTP/1.1\r\nHost: backend.internal:443\r\n\r\n"
-                .to_owned(),
-            "HTTP/1.1 405",
-            "method_not_allowed",
-        ),
-    ];
-    for (what, head, status, code) in cases {
-        let body = one_refusal_then_closed(addr, head, status, what).await;
-        assert_eq!(body["error"]["code"], code, "{what}: {body}");
-        // The message says why, without echoing the request back.
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(!message.contains("Host:"), "{what}: {message}");
+            (
+                "more headers than pingora's parser holds",
+                chat_request(
+                    &(0..300)
+                        .map(|i| format!("X-H{i}: v\r\n"))
+                        .collect::<String>(),
+                ),
+                "HTTP/1.1 400",
+                "invalid_request_head",
+            ),
+            (
+                "CONNECT",
+                "CONNECT backend.internal:443 HTTP/1.1\r\nHost: backend.internal:443\r\n\r\n"
+                    .to_owned(),
+                "HTTP/1.1 405",
+                "method_not_allowed",
+            ),
+        ];
+        for (what, head, status, code) in cases {
+            let body = one_refusal_then_closed(addr, head, status, what).await;
+            assert_eq!(body["error"]["code"], code, "{what}: {body}");
+            // The message says why, without echoing the request back.
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(!message.contains("Host:"), "{what}: {message}");
+        }
+        assert_eq!(sim.requests_served(), 0);
     }
-    assert_eq!(sim.requests_served(), 0);
 }
 
 /// Sends `request`, then a valid request on the same connection, and reads until the gateway
@@ -378,9 +408,10 @@ async fn three_thousand_slow_clients_leave_room_and_the_overflow_gets_503_fast()
     );
     const SLOW: usize = 3_000;
     const LIMIT: usize = 3_050;
-    let (sim, gw) = gateway_with_sim(&format!(
-        "max_connections = {LIMIT}\nhead_timeout_ms = 120000"
-    ))
+    let (sim, gw) = gateway_with_sim(
+        &format!("max_connections = {LIMIT}\nhead_timeout_ms = 120000"),
+        "",
+    )
     .await;
     let addr = gw.proxy_addr;
     let admin = gw.admin_addr;
