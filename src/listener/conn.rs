@@ -12,7 +12,7 @@
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::{ReusableHttpStream, ServerSession};
 use pingora::protocols::Stream;
 use tokio::io::AsyncWriteExt;
 
@@ -51,19 +51,18 @@ impl Conn {
     /// The connection back from a session whose request is finished, when it can serve another.
     pub async fn after(session: ServerSession) -> Option<Conn> {
         let reused = session.finish().await.ok().flatten()?;
+        Some(Conn::reused(reused))
+    }
+
+    /// The connection pingora's reuse handed back, with the bytes it read past the request.
+    pub fn reused(reused: ReusableHttpStream) -> Conn {
         let (stream, pending) = reused.into_parts();
-        Some(Conn {
-            stream,
-            pending: pending.unwrap_or_default(),
-        })
+        Conn::new(stream, pending.unwrap_or_default())
     }
 
     /// A connection and the bytes read from it past the last request.
-    pub fn of(stream: Stream, pending: Option<BytesMut>) -> Conn {
-        Conn {
-            stream,
-            pending: pending.unwrap_or_default(),
-        }
+    pub fn new(stream: Stream, pending: BytesMut) -> Conn {
+        Conn { stream, pending }
     }
 
     /// Writes `bytes` whole.
@@ -131,6 +130,7 @@ pub(super) enum Parsed {
 /// Where a plain request's parts lie in the bytes.
 #[derive(Debug, PartialEq)]
 pub(super) struct Frame {
+    method: Method,
     head_len: usize,
     len: usize,
     path_len: usize,
@@ -154,6 +154,9 @@ pub(super) fn parse(buf: &[u8], max_head: usize, spans: &mut Spans) -> Parsed {
     let (Some(1), Some(method), Some(path)) = (req.version, req.method, req.path) else {
         return Parsed::Other;
     };
+    let Ok(parsed_method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Other;
+    };
     // Origin form, no query: what `Endpoint::from_path` can name. The request line is
     // `METHOD SP path SP`, one space each (httparse accepts more; pingora's parse is left those).
     if !path.starts_with('/')
@@ -168,6 +171,7 @@ pub(super) fn parse(buf: &[u8], max_head: usize, spans: &mut Spans) -> Parsed {
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
     let mut frame = Frame {
+        method: parsed_method,
         head_len,
         len: head_len,
         path_len: path.len(),
@@ -185,9 +189,7 @@ pub(super) fn parse(buf: &[u8], max_head: usize, spans: &mut Spans) -> Parsed {
             if content_length.is_some() || !digits {
                 return Parsed::Other;
             }
-            content_length = std::str::from_utf8(value)
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok());
+            content_length = Some(value.iter().fold(0, |n, d| n * 10 + usize::from(d - b'0')));
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
             if hosts > 1 || value.contains(&b'@') {
@@ -228,10 +230,10 @@ pub(super) fn parse(buf: &[u8], max_head: usize, spans: &mut Spans) -> Parsed {
     Parsed::Plain(frame)
 }
 
-/// Takes the request `frame` and `spans` describe off the front of `pending`.
-pub(super) fn take(pending: &mut BytesMut, frame: &Frame, spans: &Spans) -> Option<PlainRequest> {
+/// Takes the request `frame` and `spans` describe off the front of `pending` (`None`, every byte
+/// left, when a field is one `http` does not take).
+pub(super) fn take(pending: &mut BytesMut, frame: Frame, spans: &Spans) -> Option<PlainRequest> {
     let bytes = pending.split_to(frame.len).freeze();
-    let method = Method::from_bytes(&bytes[..bytes.iter().position(|&b| b == b' ')?]).ok();
     let mut headers = HeaderMap::with_capacity(frame.fields);
     for &(name_start, name_end, value_start, value_end) in &spans[..frame.fields] {
         let name = HeaderName::from_bytes(&bytes[name_start as usize..name_end as usize]);
@@ -248,12 +250,8 @@ pub(super) fn take(pending: &mut BytesMut, frame: &Frame, spans: &Spans) -> Opti
             }
         }
     }
-    let Some(method) = method else {
-        restore(pending, &bytes);
-        return None;
-    };
     Some(PlainRequest {
-        method,
+        method: frame.method,
         headers,
         close: frame.close,
         bytes,
@@ -291,7 +289,7 @@ mod tests {
         let Parsed::Plain(frame) = parse(&pending, 1024, &mut spans) else {
             panic!("plain")
         };
-        let request = take(&mut pending, &frame, &spans).expect("taken");
+        let request = take(&mut pending, frame, &spans).expect("taken");
         assert_eq!(request.method, Method::POST);
         assert_eq!(request.path(), "/v1/chat/completions");
         assert_eq!(&request.body()[..], b"{}");
@@ -382,13 +380,14 @@ mod tests {
             bytes.truncate(cut.max(1).min(len));
             let mut spans = Spans::default();
             if let Parsed::Plain(frame) = parse(&bytes, 1024, &mut spans) {
+                let (len, head_len) = (frame.len, frame.head_len);
                 let mut pending = BytesMut::from(&bytes[..]);
-                let request = take(&mut pending, &frame, &spans);
+                let request = take(&mut pending, frame, &spans);
                 let taken = request.as_ref().map_or(0, |r| r.bytes.len());
                 prop_assert_eq!(taken + pending.len(), bytes.len());
                 if let Some(request) = request {
                     prop_assert!(request.path().starts_with('/'));
-                    prop_assert_eq!(request.body().len(), frame.len - frame.head_len);
+                    prop_assert_eq!(request.body().len(), len - head_len);
                 }
             }
         }

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
@@ -128,7 +129,7 @@ impl HeadWait<'_> {
             if !conn.pending.is_empty() {
                 match conn::parse(&conn.pending, max_head, &mut spans) {
                     conn::Parsed::Plain(frame) => {
-                        return conn::take(&mut conn.pending, &frame, &spans)
+                        return conn::take(&mut conn.pending, frame, &spans)
                             .map_or(Early::Other, Early::Plain)
                     }
                     conn::Parsed::Other => return Early::Other,
@@ -240,7 +241,7 @@ impl<A: HttpApp> ServerApp for HardenedListener<A> {
                 return None;
             }
         };
-        let mut conn = Conn::of(stream, None);
+        let mut conn = Conn::new(stream, BytesMut::new());
         // A new connection's first head is due `head_timeout` after the accept; on a kept-alive
         // one the next head is due `keepalive` after the previous answer: the idle wait and the
         // head under one deadline.

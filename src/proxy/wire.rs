@@ -99,10 +99,9 @@ impl Hit {
                     "a kept-alive session not reusable",
                 );
             };
-            let (stream, pending) = reusable.into_parts();
-            Conn::of(stream, pending)
+            Conn::reused(reusable)
         } else {
-            Conn::of(h1.into_inner(), None)
+            Conn::new(h1.into_inner(), BytesMut::new())
         };
         self.write(conn, keepalive).await
     }
